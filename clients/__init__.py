@@ -1,0 +1,1 @@
+"""The Python client for an intentlm (or EAS-compatible) service. Depends on httpx and pydantic only."""

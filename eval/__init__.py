@@ -1,0 +1,1 @@
+"""Offline evaluation: the reference's figures, per-intent and multi-intent metrics, reports."""

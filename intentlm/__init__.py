@@ -1,0 +1,1 @@
+"""The ``intentlm`` command: one click group assembled from the packages' own commands."""

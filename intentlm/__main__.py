@@ -1,0 +1,3 @@
+from intentlm.cli import main
+
+main()

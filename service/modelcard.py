@@ -1,0 +1,156 @@
+"""The model directory contract (DESIGN §4): ``intentlm.json``, atomic directory writes, cache paths.
+
+A model directory is a plain Hugging Face directory (config, safetensors, tokenizer, chat template)
+that vLLM and transformers load directly, plus ``intentlm.json``: what the model was trained on and
+with which prompt, so the server and the evaluator rebuild the same prompt and intent grammar.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from service.prompt import DEFAULT_SYSTEM_PROMPT
+
+CARD_FILE = "intentlm.json"
+CARD_FORMAT = 1
+BASE_MODEL_NAME = "SmolLM2-135M-Instruct"
+DEMO_MODEL_NAME = "smarthome-demo"
+
+
+class DataInfo(BaseModel):
+    """Which data a model was trained on, so a result can be traced to its file."""
+
+    file: str
+    sha256: str
+    records: int
+
+
+class ModelCard(BaseModel):
+    """The contents of ``intentlm.json``. Unknown keys are kept so newer writers lose nothing."""
+
+    model_config = ConfigDict(extra="allow")
+
+    format: int = CARD_FORMAT
+    base_model: str = ""
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    apply_chat_template: bool = True
+    intents: list[str] = Field(default_factory=list)
+    train_config: dict[str, Any] = Field(default_factory=dict)
+    data: DataInfo | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
+class ModelCardError(ValueError):
+    """``intentlm.json`` exists but cannot be used."""
+
+
+def read_card(model_dir: str | os.PathLike[str]) -> ModelCard | None:
+    """The card of a model directory; None when it has none (any HF model directory still loads)."""
+    path = Path(model_dir) / CARD_FILE
+    if not path.exists():
+        return None
+    try:
+        card = ModelCard.model_validate_json(path.read_bytes())
+    except ValidationError as exc:
+        raise ModelCardError(f"{path}: {exc.errors()[0]['msg']} (field {_loc(exc)})") from exc
+    if card.format > CARD_FORMAT:
+        raise ModelCardError(f"{path}: format {card.format} is newer than this intentlm ({CARD_FORMAT})")
+    return card
+
+
+def write_card(model_dir: str | os.PathLike[str], card: ModelCard) -> Path:
+    """Write ``intentlm.json`` atomically (temporary file + rename)."""
+    path = Path(model_dir) / CARD_FILE
+    atomic_write_bytes(path, card.model_dump_json(indent=2).encode() + b"\n")
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write a file so that readers see the old content or the new, never half of it."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_directory(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Build a directory in a temporary sibling and move it into place only when the block succeeds.
+
+    A crash, Ctrl-C or SIGKILL inside the block leaves ``target`` as it was (the temporary sibling,
+    named ``.NAME.tmp-*``, is removed on exceptions and is harmless when a kill leaves it behind).
+    Replacing an existing directory takes two renames; between them the old one is kept as
+    ``.NAME.old-*`` and ``recover_directory`` puts it back if the process died there.
+    """
+    target = Path(target)
+    if target.exists() and not target.is_dir():
+        raise NotADirectoryError(f"{target} exists and is not a directory")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    recover_directory(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the result is an ordinary directory
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        os.rmdir(old)
+        os.rename(target, old)
+    os.rename(tmp, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_directory(target: str | os.PathLike[str]) -> None:
+    """Undo a replacement that died between its two renames: restore ``.NAME.old-*`` if NAME is gone."""
+    target = Path(target)
+    if target.exists() or not target.parent.exists():
+        return
+    olds = sorted(target.parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if olds:
+        os.rename(olds[-1], target)
+
+
+def intentlm_home() -> Path:
+    """The cache for prepared models (``$INTENTLM_HOME``, default ``~/.cache/intentlm``)."""
+    return Path(os.environ.get("INTENTLM_HOME") or Path.home() / ".cache" / "intentlm").expanduser()
+
+
+def base_model_dir() -> Path:
+    """Where ``intentlm model prepare`` puts the converted default base model."""
+    return intentlm_home() / "models" / BASE_MODEL_NAME
+
+
+def demo_model_dir() -> Path:
+    """Where ``intentlm model prepare`` puts the bundled smart-home demo model (base + demo adapter)."""
+    return intentlm_home() / "models" / DEMO_MODEL_NAME
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _loc(exc: ValidationError) -> str:
+    return ".".join(str(part) for part in exc.errors()[0]["loc"]) or "(root)"

@@ -1,0 +1,1 @@
+"""Datasets (format, iTAG conversion, strategy check), fine-tuning, merging and base-model preparation."""
