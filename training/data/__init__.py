@@ -1,0 +1,1 @@
+"""Datasets: the JSON format, iTAG manifests, the strategy linter and splits."""
