@@ -1,1 +1,41 @@
-"""The Python client for an intentlm (or EAS-compatible) service. Depends on httpx and pydantic only."""
+"""The Python client for an intentlm (or EAS-compatible) service. Depends on httpx and pydantic only.
+
+    from clients import IntentClient
+    with IntentClient("http://127.0.0.1:8000") as client:
+        print(client.predict("turn the lights off"))
+"""
+
+from clients.client import AsyncIntentClient, IntentClient, Retries
+from clients.errors import (
+    AuthError,
+    ConnectionError,
+    IntentLMError,
+    NotFoundError,
+    OverloadedError,
+    PayloadTooLargeError,
+    ResponseError,
+    ServerError,
+    TimeoutError,
+    ValidationError,
+)
+from clients.models import ChatReply, History, Intent, Prediction
+
+__all__ = [
+    "AsyncIntentClient",
+    "AuthError",
+    "ChatReply",
+    "ConnectionError",
+    "History",
+    "Intent",
+    "IntentClient",
+    "IntentLMError",
+    "NotFoundError",
+    "OverloadedError",
+    "PayloadTooLargeError",
+    "Prediction",
+    "ResponseError",
+    "Retries",
+    "ServerError",
+    "TimeoutError",
+    "ValidationError",
+]
