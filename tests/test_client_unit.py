@@ -1,0 +1,333 @@
+"""The client against mocked HTTP (respx): request bodies, error mapping, retries, stream parsing, env vars.
+
+The same client against a real server is in test_client_live.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import pytest
+import respx
+from click.testing import CliRunner
+
+import clients
+from clients import AsyncIntentClient, IntentClient, Retries
+from clients.cli import ask
+from clients.client import _NulSplitter
+
+URL = "http://intent.test"
+PREDICTION = {
+    "intents": [{"name": "iot_hue_lightoff", "args": []}, {"name": "alarm_set", "args": ["7 am", "monday"]}],
+    "raw": "iot_hue_lightoff();alarm_set(7 am,monday)",
+    "confidence": 0.93,
+    "latency_ms": 12.5,
+}
+NO_WAIT = Retries(total=3, backoff=0.0)
+
+
+def error(status: int, code: str, message: str = "m", field: str | None = None, **headers: str) -> httpx.Response:
+    detail = {"code": code, "message": message} | ({"field": field} if field else {})
+    return httpx.Response(status, json={"error": detail}, headers=headers)
+
+
+def nul_stream(*texts: str, prompt: str = "p") -> bytes:
+    return b"".join(
+        json.dumps({"response": text, "history": [[prompt, text]]}).encode() + b"\0" for text in texts
+    )
+
+
+@respx.mock
+def test_predict_sends_the_contract_body_and_returns_typed_intents() -> None:
+    route = respx.post(f"{URL}/v1/intents").mock(return_value=httpx.Response(200, json=PREDICTION))
+    with IntentClient(URL, token="secret") as client:
+        prediction = client.predict("turn off the lights and wake me at 7", history=[("hi", "greet()")])
+    request = route.calls.last.request
+    assert json.loads(request.content) == {"text": "turn off the lights and wake me at 7", "history": [["hi", "greet()"]]}
+    assert request.headers["authorization"] == "secret"  # raw, as EAS clients send it
+    assert [str(i) for i in prediction.intents] == ["iot_hue_lightoff()", "alarm_set(7 am,monday)"]
+    assert str(prediction) == PREDICTION["raw"] and prediction.confidence == 0.93
+
+
+@respx.mock
+def test_predict_batch_keeps_order_and_shared_fields() -> None:
+    replies = [dict(PREDICTION, raw=str(i)) for i in range(3)]
+    route = respx.post(f"{URL}/v1/intents").mock(return_value=httpx.Response(200, json=replies))
+    with IntentClient(URL) as client:
+        predictions = client.predict_batch(["a", "b", "c"], system_prompt="S")
+    assert json.loads(route.calls.last.request.content) == {"texts": ["a", "b", "c"], "system_prompt": "S"}
+    assert [p.raw for p in predictions] == ["0", "1", "2"]
+    assert "authorization" not in route.calls.last.request.headers
+
+
+@respx.mock
+def test_chat_sends_the_eas_body_under_a_base_path() -> None:
+    """An EAS endpoint has a path: POST / is the base URL itself, other routes resolve below it."""
+    base = f"{URL}/api/predict/intent_svc"
+    route = respx.post(f"{base}/").mock(
+        return_value=httpx.Response(200, json={"response": "ok()", "history": [["q", "ok()"]]})
+    )
+    with IntentClient(base) as client:
+        response, history = client.chat("q", [], system_prompt="S", top_k=4, temperature=0.95, max_new_tokens=2048)
+    assert json.loads(route.calls.last.request.content) == {
+        "prompt": "q", "system_prompt": "S", "history": [], "top_k": 4, "temperature": 0.95,
+        "max_new_tokens": 2048, "use_stream_chat": False,
+    }
+    assert (response, history) == ("ok()", [("q", "ok()")])
+
+
+@pytest.mark.parametrize(
+    ("reply", "error_type", "attributes"),
+    [
+        (error(401, "unauthorized"), clients.AuthError, {"status_code": 401, "code": "unauthorized"}),
+        (error(404, "not_found"), clients.NotFoundError, {"status_code": 404}),
+        (error(413, "too_large"), clients.PayloadTooLargeError, {"status_code": 413}),
+        (error(422, "invalid", "bad top_p", field="top_p"), clients.ValidationError, {"field": "top_p", "message": "bad top_p"}),
+        (error(429, "busy", **{"Retry-After": "7"}), clients.OverloadedError, {"retry_after": 7.0}),
+        (error(503, "not_ready"), clients.OverloadedError, {"retry_after": None}),
+        (error(504, "timeout"), clients.TimeoutError, {"status_code": 504}),
+        (error(500, "internal"), clients.ServerError, {"code": "internal"}),
+        (httpx.Response(502, text="<html>Bad Gateway</html>"), clients.ServerError, {"code": "http_502"}),
+        (httpx.Response(200, text="not json"), clients.ResponseError, {"code": "bad_response"}),
+        (httpx.Response(200, json={"response": "x"}), clients.ResponseError, {"code": "bad_response"}),
+    ],
+)
+@respx.mock
+def test_error_replies_become_typed_errors(reply: httpx.Response, error_type: type, attributes: dict) -> None:
+    respx.post(f"{URL}/v1/intents").mock(return_value=reply)
+    with IntentClient(URL, retries=0) as client, pytest.raises(error_type) as raised:
+        client.predict("x")
+    assert isinstance(raised.value, clients.IntentLMError)
+    for name, value in attributes.items():
+        assert getattr(raised.value, name) == value
+
+
+def test_builtin_names_catch_ours() -> None:
+    assert issubclass(clients.TimeoutError, TimeoutError)
+    assert issubclass(clients.ConnectionError, ConnectionError)
+
+
+@respx.mock
+def test_retries_503_then_succeeds_and_honours_retry_after(monkeypatch: pytest.MonkeyPatch) -> None:
+    waits: list[float] = []
+    monkeypatch.setattr("clients.client.time.sleep", waits.append)
+    route = respx.post(f"{URL}/v1/intents").mock(
+        side_effect=[error(503, "not_ready", **{"Retry-After": "2"}), error(429, "busy"), httpx.Response(200, json=PREDICTION)]
+    )
+    with IntentClient(URL, retries=Retries(total=3, backoff=0.1, max_wait=10)) as client:
+        assert client.predict("x").raw == PREDICTION["raw"]
+    assert route.call_count == 3
+    assert waits[0] == 2.0 and 0.05 <= waits[1] <= 0.2  # Retry-After, then jittered back-off
+
+
+@respx.mock
+def test_retries_give_up_after_total(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("clients.client.time.sleep", lambda _: None)
+    route = respx.post(f"{URL}/v1/intents").mock(return_value=error(503, "not_ready", **{"Retry-After": "60"}))
+    with IntentClient(URL, retries=Retries(total=2)) as client, pytest.raises(clients.OverloadedError) as raised:
+        client.predict("x")
+    assert route.call_count == 3 and raised.value.retry_after == 60
+
+
+@respx.mock
+def test_connect_errors_are_retried_but_read_timeouts_are_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("clients.client.time.sleep", lambda _: None)
+    route = respx.post(f"{URL}/v1/intents").mock(
+        side_effect=[httpx.ConnectError("refused"), httpx.Response(200, json=PREDICTION)]
+    )
+    with IntentClient(URL, retries=NO_WAIT) as client:
+        client.predict("x")
+    assert route.call_count == 2
+
+    # The request reached the server: it may still be generating, so a retry could run it twice.
+    route = respx.post(f"{URL}/").mock(side_effect=httpx.ReadTimeout("slow"))
+    with IntentClient(URL, retries=NO_WAIT) as client, pytest.raises(clients.TimeoutError) as raised:
+        client.chat("x")
+    assert route.call_count == 1 and raised.value.status_code is None
+    route.reset()
+    route.mock(side_effect=httpx.RemoteProtocolError("closed"))
+    with IntentClient(URL, retries=NO_WAIT) as client, pytest.raises(clients.ConnectionError):
+        client.chat("x")
+    assert route.call_count == 1
+
+
+@respx.mock
+def test_no_retries_when_off_and_no_retry_on_client_errors() -> None:
+    route = respx.post(f"{URL}/v1/intents").mock(return_value=error(503, "not_ready"))
+    with IntentClient(URL, retries=0) as client, pytest.raises(clients.OverloadedError):
+        client.predict("x")
+    assert route.call_count == 1
+    route.reset()
+    route.mock(return_value=error(422, "invalid", field="text"))
+    with IntentClient(URL, retries=NO_WAIT) as client, pytest.raises(clients.ValidationError):
+        client.predict("")
+    assert route.call_count == 1
+
+
+def test_nul_splitter_reassembles_objects_cut_anywhere() -> None:
+    data = nul_stream("tu", "turn", "turn_off()")
+    for size in (1, 3, 7, len(data)):
+        splitter = _NulSplitter()
+        parts = [p for i in range(0, len(data), size) for p in splitter.feed(data[i : i + size])] + splitter.close()
+        assert [json.loads(p)["response"] for p in parts] == ["tu", "turn", "turn_off()"]
+    splitter = _NulSplitter()  # the last object may come without a trailing NUL
+    assert splitter.feed(b'{"a":1}\0{"a":2}') == [b'{"a":1}'] and splitter.close() == [b'{"a":2}']
+
+
+@respx.mock
+def test_stream_yields_growing_text_and_sends_use_stream_chat() -> None:
+    route = respx.post(f"{URL}/").mock(return_value=httpx.Response(200, content=nul_stream("a", "ab", "abc")))
+    with IntentClient(URL) as client:
+        assert list(client.stream("p", top_p=0.5)) == ["a", "ab", "abc"]
+    assert json.loads(route.calls.last.request.content)["use_stream_chat"] is True
+
+
+@respx.mock
+def test_stream_raises_an_error_object_sent_mid_stream() -> None:
+    body = nul_stream("a") + json.dumps({"error": {"code": "timeout", "message": "too slow"}}).encode() + b"\0"
+    respx.post(f"{URL}/").mock(return_value=httpx.Response(200, content=body))
+    with IntentClient(URL) as client, pytest.raises(clients.TimeoutError, match="too slow"):
+        list(client.stream("p"))
+
+
+@respx.mock
+def test_url_and_token_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INTENTLM_URL", "http://from-env:9000/")
+    monkeypatch.setenv("INTENTLM_API_TOKEN", "env-token")
+    route = respx.get("http://from-env:9000/health/ready").mock(return_value=httpx.Response(200, json={}))
+    with IntentClient() as client:
+        assert client.ready()
+    assert route.calls.last.request.headers["authorization"] == "env-token"
+    with IntentClient("http://explicit", token="arg") as client:  # arguments win
+        assert client.base_url == "http://explicit" and client.token == "arg"
+    monkeypatch.delenv("INTENTLM_URL")
+    monkeypatch.delenv("INTENTLM_API_TOKEN")
+    with IntentClient() as client:
+        assert client.base_url == "http://127.0.0.1:8000" and client.token is None
+
+
+@respx.mock
+def test_async_twin_predicts_chats_streams_and_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def no_sleep(_: float) -> None:
+        return None
+
+    monkeypatch.setattr("clients.client.asyncio.sleep", no_sleep)
+    respx.post(f"{URL}/v1/intents").mock(side_effect=[error(503, "not_ready"), httpx.Response(200, json=PREDICTION)])
+    respx.post(f"{URL}/").mock(
+        side_effect=[
+            httpx.Response(200, json={"response": "r", "history": [["p", "r"]]}),
+            httpx.Response(200, content=nul_stream("x", "xy")),
+            error(422, "invalid", field="temperature"),
+        ]
+    )
+
+    async def scenario() -> None:
+        async with AsyncIntentClient(URL, token="t") as client:
+            assert (await client.predict("x")).raw == PREDICTION["raw"]
+            assert await client.chat("p") == ("r", [("p", "r")])
+            assert [text async for text in client.stream("p")] == ["x", "xy"]
+            with pytest.raises(clients.ValidationError) as raised:
+                await client.chat("p", temperature=9)
+            assert raised.value.field == "temperature"
+
+    asyncio.run(scenario())
+
+
+# --- intentlm ask, in-process (the subprocess runs against a real server are in test_client_live.py) ---
+
+
+@respx.mock
+def test_ask_prints_one_intent_per_line_or_json() -> None:
+    respx.post(f"{URL}/v1/intents").mock(return_value=httpx.Response(200, json=PREDICTION))
+    result = CliRunner().invoke(ask, ["--url", URL, "turn", "off", "the", "lights"])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == ["iot_hue_lightoff()", "alarm_set(7 am,monday)"]
+    assert json.loads(respx.calls.last.request.content) == {"text": "turn off the lights"}
+    result = CliRunner().invoke(ask, ["--url", URL, "--json", "x"])
+    assert json.loads(result.output) == PREDICTION
+
+
+@respx.mock
+def test_ask_stdin_batches_into_json_lines() -> None:
+    def reply(request: httpx.Request) -> httpx.Response:
+        texts = json.loads(request.content)["texts"]
+        return httpx.Response(200, json=[dict(PREDICTION, raw=t) for t in texts])
+
+    route = respx.post(f"{URL}/v1/intents").mock(side_effect=reply)
+    lines = [f"utterance {i}" for i in range(5)]
+    result = CliRunner().invoke(ask, ["--url", URL, "--batch-size", "2", "-"], input="\n".join(lines[:3]) + "\n\n" + "\n".join(lines[3:]))
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.output.splitlines()]
+    assert [row["text"] for row in rows] == lines and [row["raw"] for row in rows] == lines
+    assert [len(json.loads(c.request.content)["texts"]) for c in route.calls] == [2, 2, 1]
+
+
+@respx.mock
+def test_ask_prompt_uses_eas_chat_and_keeps_a_history_file(tmp_path) -> None:
+    history_file = tmp_path / "conversation.json"
+    route = respx.post(f"{URL}/").mock(
+        side_effect=lambda request: httpx.Response(
+            200, json={"response": "R", "history": [*json.loads(request.content)["history"], ["q", "R"]]}
+        )
+    )
+    for _ in range(2):
+        result = CliRunner().invoke(
+            ask, ["--url", URL, "--token", "t", "--prompt", "q", "--top-k", "4", "--temperature", "0.95", "--history-file", str(history_file)]
+        )
+        assert result.exit_code == 0, result.output
+        assert result.output == "R\n"
+    body = json.loads(route.calls.last.request.content)
+    assert body["history"] == [["q", "R"]] and body["top_k"] == 4 and body["temperature"] == 0.95
+    assert json.loads(history_file.read_text()) == [["q", "R"], ["q", "R"]]
+
+
+@respx.mock
+def test_ask_stream_prints_only_the_new_text() -> None:
+    respx.post(f"{URL}/").mock(return_value=httpx.Response(200, content=nul_stream("He", "Hello", "Hello!")))
+    result = CliRunner().invoke(ask, ["--url", URL, "--prompt", "hi", "--stream"])
+    assert result.exit_code == 0 and result.output == "Hello!\n"
+
+
+@respx.mock
+def test_ask_reports_errors_with_a_hint_and_no_traceback() -> None:
+    respx.post(f"{URL}/v1/intents").mock(return_value=error(401, "unauthorized", "bad token"))
+    result = CliRunner().invoke(ask, ["--url", URL, "x"])
+    assert result.exit_code == 1 and "INTENTLM_API_TOKEN" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "nothing to ask"),
+        (["text", "--prompt", "p"], "not both"),
+        (["text", "--top-k", "3"], "--top-k: only with --prompt"),
+        (["text", "--stream"], "--stream: only with --prompt"),
+        (["-", "--history-file", "h.json"], "standard-input mode"),
+    ],
+)
+def test_ask_refuses_contradictory_arguments(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(ask, ["--url", URL, *args])
+    assert result.exit_code == 2 and message in result.output
+
+
+def test_ask_refuses_a_malformed_history_file(tmp_path) -> None:
+    bad = tmp_path / "h.json"
+    bad.write_text('[["only one"]]')
+    result = CliRunner().invoke(ask, ["--url", URL, "--prompt", "p", "--history-file", str(bad)])
+    assert result.exit_code == 2 and "h.json" in result.output and "pairs" in result.output
+
+
+def test_clients_imports_nothing_of_ours_nor_heavy_libraries() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, clients, clients.cli; "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "{'service', 'training', 'eval', 'intentlm', 'torch', 'vllm', 'transformers', 'fastapi'}); "
+        "print(','.join(bad))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == ""
