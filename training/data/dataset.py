@@ -54,11 +54,18 @@ class Record:
         return {"instruction": self.instruction, "output": self.output, **self.extra}
 
 
-def load_dataset(path: str | os.PathLike[str], *, check_outputs: bool = True) -> list[Record]:
+def load_dataset(
+    path: str | os.PathLike[str], *, check_outputs: bool = True, require_output: bool = True
+) -> list[Record]:
     """Read and validate a dataset file.
 
-    ``check_outputs`` parses every output with the intent grammar; turn it off only where malformed
-    outputs are themselves the subject (the linter reports them instead of stopping at the first).
+    ``check_outputs`` checks the content: no empty field, every output parses with the intent
+    grammar. Turn it off only where bad content is itself the subject (the linter reports every
+    empty field and malformed output instead of stopping at the first); the structure (an array of
+    objects with string fields) is always checked.
+
+    ``require_output=False`` accepts records without an ``output`` (their ``output`` is ""): the
+    utterances still to be labelled that ``intentlm data to-itag`` reads.
     """
     path = Path(path)
     try:
@@ -76,7 +83,7 @@ def load_dataset(path: str | os.PathLike[str], *, check_outputs: bool = True) ->
         raise DatasetError(path, "empty file (expected a JSON array of records)")
     records = []
     for number, (line, item) in enumerate(_array_items(path, text), start=1):
-        records.append(_record(path, number, line, item, check_outputs))
+        records.append(_record(path, number, line, item, check_outputs, require_output))
     return records
 
 
@@ -128,6 +135,8 @@ def _array_items(path: Path, text: str) -> Iterable[tuple[int, Any]]:
             value, end = decoder.raw_decode(text, position)
         except json.JSONDecodeError as exc:
             raise DatasetError(path, f"invalid JSON: {exc.msg}", line=exc.lineno) from None
+        except RecursionError:
+            raise DatasetError(path, "invalid JSON: nested too deeply", line=line) from None
         yield line, value
         count += 1
         line += text.count("\n", position, end)
@@ -144,18 +153,24 @@ def _skip_ws(text: str, position: int) -> int:
     return position
 
 
-def _record(path: Path, number: int, line: int, item: Any, check_outputs: bool) -> Record:
+def _record(path: Path, number: int, line: int, item: Any, check_outputs: bool,
+            require_output: bool) -> Record:
     if not isinstance(item, dict):
-        raise DatasetError(path, f"expected an object, found {_json_type(item)}", line=line, record=number)
+        raise DatasetError(path, f"expected an object, found {json_type(item)}", line=line, record=number)
+    if not require_output:
+        item = {"output": "", **item}
     for name in REQUIRED_FIELDS:
         if name not in item:
             raise DatasetError(path, "missing", line=line, record=number, field=name)
         if not isinstance(item[name], str):
-            raise DatasetError(path, f"expected a string, found {_json_type(item[name])}",
+            raise DatasetError(path, f"expected a string, found {json_type(item[name])}",
                                line=line, record=number, field=name)
-        if not item[name].strip():
+        if not _encodable(item[name]):
+            raise DatasetError(path, "contains a lone surrogate escape (not valid Unicode text)",
+                               line=line, record=number, field=name)
+        if check_outputs and not item[name].strip() and (require_output or name != "output"):
             raise DatasetError(path, "empty", line=line, record=number, field=name)
-    if check_outputs:
+    if check_outputs and item["output"]:
         try:
             parse(item["output"])
         except IntentParseError as exc:
@@ -164,7 +179,19 @@ def _record(path: Path, number: int, line: int, item: Any, check_outputs: bool) 
     return Record(item["instruction"], item["output"], extra, line)
 
 
-def _json_type(value: Any) -> str:
+def _encodable(text: str) -> bool:
+    """False for text with lone surrogates (from JSON escapes like \\ud800), which UTF-8 cannot hold."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def json_type(value: Any) -> str:
+    """How a JSON value's type reads in an error message."""
     return {dict: "an object", list: "an array", bool: "a boolean", type(None): "null",
             int: "a number", float: "a number"}.get(type(value), type(value).__name__)
 
