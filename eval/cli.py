@@ -1,0 +1,155 @@
+"""``intentlm eval``: evaluate a model directory or a running service on a dataset, or compare two runs."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from eval.metrics import DEFAULT_OOS_LABEL
+
+if TYPE_CHECKING:
+    from eval.runner import Prediction
+    from training.data.dataset import Record
+
+
+@click.command("eval")
+@click.option("--model", "model_dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Model directory: predictions from vLLM's offline engine, one batched run.")
+@click.option("--url", help="Base URL of a running intentlm (or EAS-compatible) service.")
+@click.option("--data", "data_file", type=click.Path(path_type=Path, dir_okay=False),
+              help="Dataset to evaluate on (JSON array of {instruction, output}).")
+@click.option("--report", "report_dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Write metrics.json, predictions.jsonl, confusion.png, report.md and report.html here.")
+@click.option("--free-form", is_flag=True,
+              help="Decode without the intent grammar (the reference script's way). Default: constrained.")
+@click.option("--api", type=click.Choice(["intents", "eas"]), default="intents", show_default=True,
+              help="--url only: POST /v1/intents, or the EAS-compatible POST / (free-form text).")
+@click.option("--token", envvar="INTENTLM_API_TOKEN", help="--url only: API token [env INTENTLM_API_TOKEN].")
+@click.option("--concurrency", type=click.IntRange(1, 1024), default=16, show_default=True,
+              help="--url only: requests in flight at once.")
+@click.option("--system-prompt", help="Override the model card's system prompt.")
+@click.option("--oos-label", default=DEFAULT_OOS_LABEL, show_default=True,
+              help="Intent name of out-of-scope records (for out-of-scope recall).")
+@click.option("--limit", type=click.IntRange(1), help="Evaluate only the first N records.")
+@click.option("--compare", nargs=2, type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              metavar="A/metrics.json B/metrics.json", help="Show two earlier runs side by side instead.")
+def eval_command(
+    model_dir: Path | None,
+    url: str | None,
+    data_file: Path | None,
+    report_dir: Path | None,
+    free_form: bool,
+    api: str,
+    token: str | None,
+    concurrency: int,
+    system_prompt: str | None,
+    oos_label: str,
+    limit: int | None,
+    compare: tuple[Path, Path] | None,
+) -> None:
+    """Evaluate a model directory (--model) or a running service (--url) on --data.
+
+    Prints the reference script's two figures (computed exactly as that script does), then
+    per-intent precision/recall/F1, multi-intent and out-of-scope figures and the most confused
+    intents; --report writes them with a confusion matrix and the predictions.
+
+    \b
+      intentlm eval --model models/mine --data test.json --report out/
+      intentlm eval --url http://127.0.0.1:8000 --data test.json
+      intentlm eval --compare out-a/metrics.json out-b/metrics.json
+    """
+    from eval import report
+
+    if compare:
+        if model_dir or url or data_file:
+            raise click.UsageError("--compare takes two metrics.json files and nothing to evaluate")
+        try:
+            a, b = (report.read_result(path) for path in compare)
+        except ValueError as exc:
+            raise click.ClickException(f"not an intentlm metrics.json: {exc}") from None
+        click.echo(report.compare_report(a, b, names=(str(compare[0].parent), str(compare[1].parent))))
+        return
+    if (model_dir is None) == (url is None):
+        raise click.UsageError("give exactly one of --model DIR or --url URL (or --compare A B)")
+    if data_file is None:
+        raise click.UsageError("--data FILE is required")
+
+    from eval.metrics import compute_metrics, score_record
+    from training.data.dataset import DatasetError, file_sha256, load_dataset
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        records = load_dataset(data_file)
+    except DatasetError as exc:
+        raise click.ClickException(str(exc)) from None
+    records = records[:limit] if limit else records
+    if not records:
+        raise click.ClickException(f"{data_file}: no records to evaluate")
+    instructions = [r.instruction for r in records]
+    golds = [r.output for r in records]
+
+    start = time.perf_counter()
+    predictions = _predict(model_dir, url, records, free_form=free_form, api=api, token=token,
+                           concurrency=concurrency, system_prompt=system_prompt)
+    wall_s = time.perf_counter() - start
+
+    latencies = [p.latency_ms for p in predictions if p.latency_ms is not None]
+    metrics = compute_metrics(golds, [p.text for p in predictions], instructions=instructions,
+                              oos_label=oos_label, latencies_ms=latencies or None)
+    constrained = not free_form and not (url and api == "eas")
+    result = report.EvalResult(
+        run=report.RunInfo(
+            source=str(model_dir or url),
+            mode="model" if model_dir else f"url ({api})",
+            data=str(data_file),
+            data_sha256=file_sha256(data_file),
+            records=len(records),
+            constrained=constrained,
+            wall_s=round(wall_s, 3),
+            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        ),
+        metrics=metrics,
+    )
+    click.echo(report.console_report(result))
+    if report_dir is not None:
+        scores = [score_record(g, p.text) for g, p in zip(golds, predictions)]
+        out = report.write_report(report_dir, result, report.prediction_rows(instructions, golds, predictions, scores))
+        click.echo(f"\nreport: {out / 'report.html'}")
+
+
+def _predict(
+    model_dir: Path | None,
+    url: str | None,
+    records: list[Record],
+    *,
+    free_form: bool,
+    api: str,
+    token: str | None,
+    concurrency: int,
+    system_prompt: str | None,
+) -> list[Prediction]:
+    """Run the chosen predictor; its failures become one clear line, not a traceback."""
+    from eval.runner import RunnerError, model_card, predict_with_model, predict_with_url
+
+    try:
+        if url is not None:
+            return predict_with_url(url, [r.instruction for r in records], api=api, token=token,  # type: ignore[arg-type]
+                                    constrained=not free_form, system_prompt=system_prompt, concurrency=concurrency)
+        intents = None
+        if not free_form and not model_card(model_dir).intents:
+            intents = sorted({call.name for r in records for call in r.calls()})
+            click.echo(f"warning: {model_dir} lists no intents; constraining decoding to the "
+                       f"{len(intents)} intents of the data", err=True)
+        # vLLM on CPU reserves this many GiB of KV cache; 1 is plenty for intent prompts.
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        return predict_with_model(model_dir, [r.instruction for r in records], constrained=not free_form,
+                                  intents=intents, system_prompt=system_prompt)
+    except RunnerError as exc:
+        raise click.ClickException(str(exc)) from None
