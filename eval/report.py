@@ -231,7 +231,8 @@ def html_report(result: EvalResult, rows: Sequence[dict[str, Any]], png: bytes) 
 def confusion_png(metrics: Metrics) -> bytes:
     """The confusion matrix as a PNG, readable from a dozen intents to a few hundred.
 
-    Cells are coloured by the share of the gold row (so rare and frequent intents read alike) and
+    Cells are coloured by the share of the gold row (so rare and frequent intents read alike) on a
+    square-root scale (so a stray confusion stands out from the blank background) and
     carry their counts while they are large enough to hold them; the figure grows with the number
     of intents so that labels never overlap.
     """
@@ -248,7 +249,9 @@ def confusion_png(metrics: Metrics) -> bytes:
     cell = 0.5 if n_cols <= 30 else 0.16  # inches per cell
     font = 9 if n_cols <= 30 else 5
     fig, ax = plt.subplots(figsize=(max(6.0, 3 + n_cols * cell), max(5.0, 2.5 + n_rows * cell)))
-    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+    # A square-root scale, so a cell holding a few percent of its row is still visible.
+    norm = matplotlib.colors.PowerNorm(gamma=0.5, vmin=0, vmax=1)
+    image = ax.imshow(share, cmap="Blues", norm=norm, aspect="auto", interpolation="nearest")
     ax.set_xticks(range(n_cols), labels=c.columns, rotation=90, fontsize=font)
     ax.set_yticks(range(n_rows), labels=c.rows, fontsize=font)
     ax.set_xlabel("predicted (first call)")
