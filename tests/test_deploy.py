@@ -243,6 +243,10 @@ def test_autoscaler_reads_the_in_flight_gauge_the_server_exports(rendered: dict[
     metrics = rendered["HorizontalPodAutoscaler"]["spec"]["metrics"]
     pods = [metric["pods"] for metric in metrics if metric["type"] == "Pods"]
     assert [p["metric"]["name"] for p in pods] == [IN_FLIGHT._name]
+    # ... as prometheus-adapter publishes it (the values file the docs install it with).
+    adapter = yaml.safe_load((K8S / "prometheus-adapter-values.yaml").read_text())
+    (rule,) = adapter["rules"]["custom"]
+    assert rule["name"]["as"] == IN_FLIGHT._name and rule["seriesQuery"].startswith(IN_FLIGHT._name + "{")
 
 
 def test_gpu_overlay_serves_the_model_from_a_volume() -> None:
