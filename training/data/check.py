@@ -164,11 +164,11 @@ def check_records(records: list[Record], *, file: str = "") -> Report:
         issues.append(Issue("error", "no-records", "the dataset has no records"))
     for name, refs in empty.items():
         if refs:
-            issues.append(Issue("error", "empty-field", f"{len(refs)} records with an empty {name!r}", refs))
+            issues.append(Issue("error", "empty-field", f"{_plural(len(refs), 'record')} with an empty {name!r}", refs))
     issues += malformed
     for instruction, outputs in seen.items():
         if len(outputs) > 1:
-            said = "; ".join(f"{out!r} ({_refs_text(refs)})" for out, refs in outputs.items())
+            said = "; ".join(f"{out!r} ({_refs_text(refs, with_lines=False)})" for out, refs in outputs.items())
             refs = sorted(ref for group in outputs.values() for ref in group)
             issues.append(Issue("error", "conflicting-outputs", f"{instruction!r} is labelled differently: {said}", refs))
     never_alone = sorted(set(multi_use) - set(single))
@@ -208,7 +208,7 @@ def check_records(records: list[Record], *, file: str = "") -> Report:
     if non_canonical:
         issues.append(Issue(
             "warning", "non-canonical-output",
-            f"{len(non_canonical)} outputs are not in canonical form (e.g. {example}); constrained decoding"
+            f"outputs not in canonical form: {len(non_canonical)} (e.g. {example}); constrained decoding"
             " writes canonical text, so train on it",
             non_canonical,
         ))
@@ -308,8 +308,9 @@ def format_report(report: Report, *, max_refs: int = 8, max_issues_per_code: int
     return "\n".join(lines)
 
 
-def _refs_text(refs: list[tuple[int, int | None]], limit: int = 8) -> str:
-    shown = ", ".join(f"{number} (line {line})" if line else str(number) for number, line in refs[:limit])
+def _refs_text(refs: list[tuple[int, int | None]], limit: int = 8, *, with_lines: bool = True) -> str:
+    shown = ", ".join(f"{number} (line {line})" if line and with_lines else str(number)
+                      for number, line in refs[:limit])
     more = f" and {len(refs) - limit} more" if len(refs) > limit else ""
     return f"record{'s' if len(refs) > 1 else ''} {shown}{more}"
 

@@ -142,8 +142,12 @@ def _load(file: Path, **options: bool) -> list[Record]:
 
 @contextmanager
 def _writing(path: Path) -> Iterator[None]:
-    """Turn a failed write (missing directory, full disk) into a message; the write is atomic."""
+    """Create the parent directory; turn a failed write (full disk, no permission) into a message.
+
+    The write itself is atomic, so a failure leaves an existing file as it was.
+    """
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield
     except OSError as exc:
         raise click.ClickException(f"cannot write {path}: {exc.strerror or exc}") from None

@@ -33,9 +33,8 @@ from typing import Any
 
 import orjson
 
-from service.intents import IntentParseError, canonical, intent_regex, parse, try_parse
-from service.modelcard import ModelCardError, atomic_write_bytes, read_card
-from service.prompt import build_prompt
+from service.intents import IntentParseError, canonical, parse, try_parse
+from service.modelcard import ModelCardError, atomic_write_bytes
 from training.data.dataset import DatasetError, Record, json_type
 
 PRELABEL_KEY = "label-intentlm"
@@ -122,33 +121,20 @@ def write_manifest(path: str | os.PathLike[str], records: Sequence[Record],
     atomic_write_bytes(path, manifest_bytes(records, prelabels))
 
 
-def prelabel(model_dir: str | os.PathLike[str], instructions: Sequence[str], *,
-             max_tokens: int = 64) -> list[str | None]:
+def prelabel(model_dir: str | os.PathLike[str], instructions: Sequence[str]) -> list[str | None]:
     """The model's answer for each instruction, or None where it ran out of tokens mid-answer.
 
-    The prompt is the model's own (system prompt and chat template from its ``intentlm.json``)
-    and decoding is constrained to its intents, so every suggestion parses and names an intent
-    the labellers know. All instructions go to vLLM in one batch.
+    The evaluation runner does the work (one batched vLLM call, the model's own prompt, decoding
+    constrained to the intents of its ``intentlm.json``), so every suggestion parses and names an
+    intent the labellers know.
     """
-    try:
-        card = read_card(model_dir)
-    except ModelCardError as exc:
-        raise PrelabelError(str(exc)) from None
-    if card is None or not card.intents:
-        raise PrelabelError(f"{model_dir}: pre-labels must name the model's intents, and its"
-                            " intentlm.json lists none (use a model trained with intentlm train)")
-    from vllm import LLM, SamplingParams
-    from vllm.sampling_params import StructuredOutputsParams
+    from eval.runner import RunnerError, predict_with_model
 
-    llm = LLM(model=str(model_dir), max_model_len=2048, enforce_eager=True, enable_prefix_caching=True,
-              generation_config="vllm")
-    tokenizer = llm.get_tokenizer()
-    prompts = [build_prompt(text, system_prompt=card.system_prompt, apply_chat_template=card.apply_chat_template,
-                            tokenizer=tokenizer) for text in instructions]
-    params = SamplingParams(temperature=0.0, max_tokens=max_tokens,
-                            structured_outputs=StructuredOutputsParams(regex=intent_regex(card.intents)))
-    outputs = llm.generate(prompts, params)
-    texts = [output.outputs[0].text.strip() for output in outputs]
+    try:
+        predictions = predict_with_model(model_dir, instructions)
+    except (RunnerError, ModelCardError) as exc:
+        raise PrelabelError(f"cannot pre-label: {exc}") from None
+    texts = [prediction.text.strip() for prediction in predictions]
     return [text if try_parse(text) else None for text in texts]
 
 
