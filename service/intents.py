@@ -101,7 +101,20 @@ def intent_regex(names: Sequence[str], *, max_calls: int | None = None) -> str:
     if bad:
         raise ValueError(f"not valid intent names: {bad}")
     alternatives = "|".join(re.escape(n) for n in sorted(set(names), key=lambda n: (-len(n), n)))
-    call = rf"(?:{alternatives})\((?:{_ARG_REGEX}(?:,{_ARG_REGEX})*)?\)"
+    return _calls_regex(alternatives, max_calls)
+
+
+def any_intent_regex(*, max_calls: int | None = None) -> str:
+    """The regex of canonical outputs naming any ASCII intent name, for models that list no intents.
+
+    ASCII only: decoding-regex engines disagree on Unicode classes, and trained intent names are
+    identifiers.
+    """
+    return _calls_regex(r"[A-Za-z_][A-Za-z0-9_.\-]*", max_calls)
+
+
+def _calls_regex(name: str, max_calls: int | None) -> str:
+    call = rf"(?:{name})\((?:{_ARG_REGEX}(?:,{_ARG_REGEX})*)?\)"
     repeat = "*" if max_calls is None else f"{{0,{max_calls - 1}}}"
     return rf"{call}(?:;{call}){repeat}"
 

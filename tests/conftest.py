@@ -6,7 +6,13 @@ fixtures live here so every test module uses the same instance.
 
 from __future__ import annotations
 
+import json
 import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -32,3 +38,103 @@ def base_model() -> Path:
     from training.basemodel import prepare_base_model
 
     return prepare_base_model()
+
+
+# ------------------------------------------------------------------------------- live servers
+# `live_server` is the one shared `intentlm serve` of the session (a real subprocess on a free
+# port, serving the base model with a smart-home card and token `test-token`). Tests that kill,
+# overload or reconfigure a server start their own with `start_server` instead.
+
+SMARTHOME_SYSTEM_PROMPT = (
+    "You are an intent recognition expert for a smart home assistant. Answer with the intent calls "
+    "of the user's request, such as iot_hue_lightoff() or alarm_set(7 am)."
+)
+SERVER_READY_TIMEOUT_S = 180.0
+
+
+@dataclass
+class LiveServer:
+    """A running `intentlm serve` subprocess."""
+
+    url: str
+    token: str | None
+    model_dir: Path
+    process: subprocess.Popen
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, then SIGKILL after ``timeout``; returns the exit status."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(server: LiveServer, timeout: float = SERVER_READY_TIMEOUT_S) -> None:
+    """Poll /health/ready until 200; fail with the server's log if it exits or takes too long."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"intentlm serve exited with {server.process.returncode}:\n{server.log()[-4000:]}")
+        try:
+            if httpx.get(f"{server.url}/health/ready", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    server.stop()
+    raise RuntimeError(f"intentlm serve not ready after {timeout:.0f} s:\n{server.log()[-4000:]}")
+
+
+def start_server(model_dir: Path, log_dir: Path, *args: str, token: str | None = "test-token", wait: bool = True) -> LiveServer:
+    """Start `intentlm serve --model DIR` on a free port (plus ``args``); by default wait until ready."""
+    port = free_port()
+    command = [str(REPO / ".venv" / "bin" / "intentlm"), "serve", "--model", str(model_dir), "--port", str(port)]
+    if token is not None:
+        command += ["--api-token", token]
+    log_path = log_dir / f"serve-{port}.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen([*command, *args], stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO)
+    server = LiveServer(f"http://127.0.0.1:{port}", token, model_dir, process, log_path)
+    if wait:
+        wait_ready(server)
+    return server
+
+
+@pytest.fixture(scope="session")
+def smarthome_model(base_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The base model's files (symlinked) with a card listing the 12 smart-home intents of TRAIN_FILE."""
+    from service.intents import parse
+    from service.modelcard import ModelCard, write_card
+
+    model_dir = tmp_path_factory.mktemp("smarthome-model")
+    for item in base_model.iterdir():
+        if item.name != "intentlm.json":
+            (model_dir / item.name).symlink_to(item)
+    records = json.loads(TRAIN_FILE.read_text())
+    intents = sorted({call.name for record in records for call in parse(record["output"])})
+    write_card(model_dir, ModelCard(base_model=base_model.name, system_prompt=SMARTHOME_SYSTEM_PROMPT, intents=intents))
+    return model_dir
+
+
+@pytest.fixture(scope="session")
+def live_server(smarthome_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """The session's shared server (token `test-token`). Do not kill or overload it."""
+    server = start_server(smarthome_model, tmp_path_factory.mktemp("live-server"))
+    yield server
+    server.stop()

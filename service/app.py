@@ -1,0 +1,174 @@
+"""The FastAPI application: lifespan (engine load in the background), middleware, error handlers.
+
+The engine loads in a background task so that the process answers ``/health/live`` at once and
+``/health/ready`` (503) while the model loads, as orchestrators expect; API routes answer 503 with
+``Retry-After`` until it is ready. A failed load stops the server (``app.state.load_error`` tells
+the CLI to exit non-zero).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import ORJSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service import metrics
+from service.config import Settings
+from service.engine import IntentEngine, ServiceError
+from service.routes import WEB_DIR, api, ops
+
+log = logging.getLogger("intentlm.app")
+
+EngineFactory = Callable[[Settings, Path], Awaitable[Any]]
+
+
+def create_app(settings: Settings, model_dir: Path, engine_factory: EngineFactory = IntentEngine.start) -> FastAPI:
+    """The app serving ``model_dir``; ``engine_factory`` is replaceable for routing unit tests."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async def load() -> None:
+            try:
+                app.state.engine = await engine_factory(settings, model_dir)
+                log.info("ready: serving %s", model_dir)
+            except Exception as exc:  # reported by the CLI, which exits non-zero
+                log.exception("the engine failed to start")
+                app.state.load_error = exc
+                app.state.on_fatal()
+
+        loader = asyncio.create_task(load())
+        try:
+            yield
+        finally:
+            loader.cancel()
+            if app.state.engine is not None:
+                app.state.engine.shutdown()
+
+    app = FastAPI(
+        title="intentlm",
+        summary="LLM intent recognition: EAS-compatible API, structured intents, metrics.",
+        version="0.1.0",
+        lifespan=lifespan,
+        default_response_class=ORJSONResponse,
+    )
+    app.state.settings = settings
+    app.state.token = settings.api_token.get_secret_value().encode() if settings.api_token else None
+    app.state.engine = None
+    app.state.draining = False
+    app.state.load_error = None
+    app.state.on_fatal = lambda: None
+    metrics.MODEL_INFO.info({"model_dir": str(model_dir), "name": model_dir.name})
+
+    app.include_router(api)
+    app.include_router(ops)
+    app.mount("/ui/assets", StaticFiles(directory=WEB_DIR), name="ui-assets")
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestMetrics)
+    _install_error_handlers(app)
+    return app
+
+
+def error_response(status: int, code: str, message: str, field: str | None = None, retry_after: int | None = None) -> ORJSONResponse:
+    detail: dict[str, str] = {"code": code, "message": message}
+    if field is not None:
+        detail["field"] = field
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return ORJSONResponse({"error": detail}, status_code=status, headers=headers)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError) -> ORJSONResponse:
+        return error_response(exc.status, exc.code, exc.message, exc.field, exc.retry_after)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> ORJSONResponse:
+        first = exc.errors()[0]
+        loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+        field = ".".join(loc) or None
+        message = first.get("msg", "invalid request")
+        return error_response(422, "invalid_request", f"{field}: {message}" if field else message, field)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> ORJSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> ORJSONResponse:
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        if isinstance(exc, EngineDeadError):
+            return error_response(503, "engine_dead", "the engine stopped; the server must be restarted", retry_after=5)
+        log.exception("unexpected error on %s", request.url.path)
+        return error_response(500, "internal", f"internal error: {type(exc).__name__}")
+
+
+class BodyLimit:
+    """413 for request bodies over ``max_bytes``, by Content-Length or while a chunked body streams in."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_bytes:
+            return await self._too_large()(scope, receive, send)
+        seen = 0
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise HTTPException(413, self._message())
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+    def _message(self) -> str:
+        return f"request body is larger than {self.max_bytes} bytes"
+
+    def _too_large(self) -> ORJSONResponse:
+        return error_response(413, "body_too_large", self._message())
+
+
+class RequestMetrics:
+    """Counts every response by route and status and times it (the full body, streams included)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        route = metrics.route_label(scope["path"])
+        start = time.perf_counter()
+        status = 500
+
+        async def recording_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording_send)
+        finally:
+            metrics.REQUESTS.labels(route, str(status)).inc()
+            if route in ("/", "/v1/intents"):
+                metrics.LATENCY.labels(route).observe(time.perf_counter() - start)

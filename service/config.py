@@ -1,0 +1,78 @@
+"""Server settings: one pydantic-settings model, read from ``INTENTLM_*`` variables, overridden by CLI flags.
+
+Every knob an operator may turn lives here once, with its default and the reason for it; the CLI
+only maps flags onto these fields, and the server prints the result at start-up (secrets masked)
+so a log always says what a process was running with.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.modelcard import base_model_dir, demo_model_dir
+
+
+class ModelNotFoundError(RuntimeError):
+    """No model directory was given and no prepared one exists."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="INTENTLM_", extra="ignore")
+
+    model: Path | None = Field(None, description="Model directory; default: the demo model, else the base model.")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    api_token: SecretStr | None = Field(None, description="When set, every route but health and metrics needs it.")
+
+    # Engine. A short context keeps the KV cache small; intent prompts are a few dozen tokens.
+    max_model_len: int = Field(2048, ge=64, description="Context length (prompt + answer) in tokens.")
+    dtype: str = Field("auto", description="Weights dtype for vLLM (auto: the checkpoint's, bf16 here).")
+    enforce_eager: bool = Field(True, description="Skip graph capture/compilation: faster start on CPU.")
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="GPU only: share of memory vLLM may take.")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPU only: shard the model over this many GPUs (vLLM).")
+
+    # Admission control: past max_in_flight + max_queued admitted requests, answer 503 at once.
+    max_in_flight: int = Field(64, ge=1, description="Requests generating at once: vLLM's max_num_seqs.")
+    max_queued: int = Field(192, ge=0, description="Requests waiting for a batch slot before 503.")
+    request_timeout_s: float = Field(30.0, gt=0, description="A request running longer is aborted with 504.")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="Larger request bodies get 413.")
+
+    # Generation.
+    max_new_tokens_cap: int = Field(512, ge=1, description="Upper bound on any request's max_new_tokens.")
+    intent_max_tokens: int = Field(64, ge=1, description="Answer budget of /v1/intents.")
+    oos_label: str = Field("oos", description="Intent returned when confidence is below oos_threshold.")
+    oos_threshold: float = Field(0.0, ge=0, le=1, description="0 disables the out-of-scope fallback.")
+
+    # CPU: the KV cache vLLM reserves, in GiB (VLLM_CPU_KVCACHE_SPACE), when the variable is unset.
+    cpu_kvcache_gib: int = Field(1, ge=1)
+    log_level: str = "info"
+
+    @property
+    def max_admitted(self) -> int:
+        return self.max_in_flight + self.max_queued
+
+    def resolve_model(self) -> Path:
+        """The model directory to serve: the one given, else the demo model, else the base model."""
+        if self.model is not None:
+            path = self.model.expanduser()
+            if not (path / "config.json").is_file():
+                raise ModelNotFoundError(f"{path} is not a model directory (no config.json)")
+            return path
+        for candidate in (demo_model_dir(), base_model_dir()):
+            if (candidate / "config.json").is_file():
+                return candidate
+        raise ModelNotFoundError(
+            f"no model to serve: pass --model DIR, or run `intentlm model prepare` to create "
+            f"{demo_model_dir()} (or at least {base_model_dir()})"
+        )
+
+    def summary(self) -> dict[str, object]:
+        """The settings as printed at start-up; the token is masked."""
+        values = self.model_dump()
+        values["api_token"] = "***" if self.api_token else None
+        values["VLLM_CPU_KVCACHE_SPACE"] = os.environ.get("VLLM_CPU_KVCACHE_SPACE")
+        return values

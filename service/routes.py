@@ -1,0 +1,159 @@
+"""The HTTP routes (DESIGN §5): thin handlers over ``IntentEngine``.
+
+Handlers validate (pydantic), admit (bounded, 503 when full), run under the request timeout (504)
+and race the client's disconnect (whose generation is then aborted in vLLM), then serialise with
+orjson. Errors are raised as ``ServiceError`` and rendered by the app's handlers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections.abc import AsyncIterator, Awaitable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import FileResponse, ORJSONResponse, Response, StreamingResponse
+
+from service import metrics
+from service.engine import IntentEngine, ServiceError
+from service.protocol import EasRequest, EasResponse, ErrorBody, IntentPrediction, IntentsRequest
+
+WEB_DIR = Path(__file__).parent / "web"
+T = TypeVar("T")
+
+
+def require_token(request: Request) -> None:
+    """Auth (DESIGN §5): ``Authorization: <token>`` as EAS clients send it, or ``Bearer <token>``."""
+    expected: bytes | None = request.app.state.token
+    if expected is None:
+        return
+    given = request.headers.get("authorization", "")
+    if given[:7].lower() == "bearer ":
+        given = given[7:]
+    if not hmac.compare_digest(given.strip().encode(), expected):
+        raise ServiceError(401, "unauthorized", "missing or wrong token in the Authorization header")
+
+
+def ready_engine(request: Request) -> IntentEngine:
+    """The engine, or 503 (retryable) while it loads, after it died, or while the server drains."""
+    state = request.app.state
+    if state.draining:
+        raise ServiceError(503, "shutting_down", "the server is shutting down", retry_after=5)
+    if state.engine is None:
+        raise ServiceError(503, "not_ready", "the model is still loading", retry_after=5)
+    return state.engine
+
+
+async def until_disconnect(request: Request, work: Awaitable[T], timeout_s: float) -> T:
+    """Await ``work`` under the timeout, cancelling it (and so its generation) if the client leaves.
+
+    The body is already read, so the only message left on ``receive`` is the disconnect; this is
+    the pattern of Starlette's StreamingResponse and vLLM's own ``with_cancellation``.
+    """
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        done, _ = await asyncio.wait({task, watcher}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+    if task in done:
+        return task.result()
+    if watcher in done:
+        raise ServiceError(499, "client_closed", "the client closed the connection")
+    raise ServiceError(504, "timeout", f"the request took longer than {timeout_s:g} s")
+
+
+_errors: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (401, 413, 422, 503, 504)
+}
+api = APIRouter(dependencies=[Depends(require_token)], responses=_errors)
+ops = APIRouter()
+
+
+@api.post("/", response_model=EasResponse, summary="EAS-compatible chat (streams with use_stream_chat)")
+async def eas(body: EasRequest, request: Request, engine: IntentEngine = Depends(ready_engine)) -> Response:
+    ids, params = engine.prepare_chat(body)
+    timeout_s = request.app.state.settings.request_timeout_s
+    if body.use_stream_chat:
+        engine.admission.check(1)
+        return StreamingResponse(_eas_stream(engine, body, ids, params, timeout_s), media_type="application/octet-stream")
+
+    async def run() -> str:
+        last = ""
+        async for update in engine.stream(ids, params, route="/"):
+            last = update.text
+        return last
+
+    with engine.admission.slots(1):
+        text = await until_disconnect(request, run(), timeout_s)
+    return ORJSONResponse(_eas_reply(body, text))
+
+
+async def _eas_stream(engine: IntentEngine, body: EasRequest, ids: list[int], params: Any, timeout_s: float) -> AsyncIterator[bytes]:
+    """NUL-terminated JSON objects, each with the full text so far (what EAS clients split on)."""
+    with engine.admission.hold(1):
+        try:
+            async with asyncio.timeout(timeout_s):
+                async for update in engine.stream(ids, params, route="/"):
+                    yield orjson.dumps(_eas_reply(body, update.text)) + b"\0"
+        except TimeoutError:
+            return  # headers are sent; the stream ends early and the generation is aborted
+
+
+def _eas_reply(body: EasRequest, text: str) -> dict[str, Any]:
+    return {"response": text, "history": [*map(list, body.history), [body.prompt, text]]}
+
+
+@api.post(
+    "/v1/intents",
+    response_model=IntentPrediction | list[IntentPrediction],
+    summary="Intents of one utterance (text) or a batch (texts)",
+)
+async def intents(body: IntentsRequest, request: Request, engine: IntentEngine = Depends(ready_engine)) -> Response:
+    texts = body.utterances()
+    if texts is None:
+        raise ServiceError(422, "invalid_request", "give exactly one of 'text' or 'texts'", field="text")
+    kwargs = {"history": body.history, "system_prompt": body.system_prompt, "constrained": body.constrained}
+    timeout_s = request.app.state.settings.request_timeout_s
+    with engine.admission.slots(len(texts)):
+        if body.text is not None:
+            one = await until_disconnect(request, engine.predict(body.text, **kwargs), timeout_s)
+            return ORJSONResponse(one.model_dump())
+        many = await until_disconnect(request, engine.predict_many(texts, **kwargs), timeout_s)
+    return ORJSONResponse([p.model_dump() for p in many])
+
+
+@ops.get("/health/live", summary="The process is up")
+async def live() -> Response:
+    return ORJSONResponse({"status": "live"})
+
+
+@ops.get("/health/ready", summary="The engine is loaded and answering (503 otherwise)")
+async def ready(request: Request) -> Response:
+    engine = ready_engine(request)
+    try:
+        await engine.check_health()
+    except Exception as exc:
+        raise ServiceError(503, "engine_dead", f"the engine is not answering: {exc}", retry_after=5) from exc
+    return ORJSONResponse({"status": "ready", "model": str(engine.model_dir)})
+
+
+@ops.get("/metrics", summary="Prometheus metrics")
+async def prometheus() -> Response:
+    payload, content_type = metrics.exposition()
+    return Response(payload, media_type=content_type)
+
+
+@ops.get("/ui", include_in_schema=False)
+async def ui() -> Response:
+    return FileResponse(WEB_DIR / "index.html")
