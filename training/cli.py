@@ -61,3 +61,78 @@ def info(model_dir: Path, as_json: bool) -> None:
         return
     for key in ("base_model", "system_prompt", "apply_chat_template", "intents", "data", "metrics", "created_at"):
         click.echo(f"{key:>24}: {card.get(key)}")
+
+
+def _knobs_help() -> str:
+    from training.config import TrainConfig
+
+    lines = ["\b", "Knobs (--NAME VALUE):"]
+    for name, field in TrainConfig.model_fields.items():
+        lines.append(f"  {name} [{field.default}]: {field.description}")
+    return "\n".join(lines)
+
+
+@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True}, epilog=_knobs_help())
+@click.option("--data", "data", required=True, type=click.Path(path_type=Path), help="Training dataset (JSON array).")
+@click.option("--output", required=True, type=click.Path(path_type=Path), help="Model directory to write.")
+@click.option("--preset", type=click.Choice(["full", "lora", "qlora"]), default=None,
+              help="The reference's recommended settings (global batch scaled to the data).")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
+              help="YAML/JSON file of knobs (applied after the preset, before flags).")
+@click.option("--base-model", "--base_model", "base_model", type=click.Path(path_type=Path), default=None,
+              help="Base model directory (default: the prepared SmolLM2-135M-Instruct).")
+@click.option("--eval-data", "--eval_data", "eval_data", type=click.Path(path_type=Path), default=None,
+              help="Dataset scored at the end (intent/parameter accuracy), stored in intentlm.json.")
+@click.option("--tensorboard-dir", "--tensorboard_dir", "tensorboard_dir", type=click.Path(path_type=Path),
+              default=None, help="TensorBoard log directory (default: OUTPUT/tensorboard).")
+@click.option("--resume", is_flag=True, help="Continue from the last checkpoint in OUTPUT.checkpoints.")
+@click.option("--dry-run", "--dry_run", "dry_run", is_flag=True,
+              help="Print the resolved config, token statistics and estimated steps/time; train nothing.")
+@click.pass_context
+def train(ctx: click.Context, data: Path, output: Path, preset: str | None, config_file: Path | None,
+          base_model: Path | None, eval_data: Path | None, tensorboard_dir: Path | None, resume: bool,
+          dry_run: bool) -> None:
+    """Fine-tune the base model on DATA into a merged model directory OUTPUT.
+
+    Any knob is a flag spelled as its name, e.g. --learning_rate 3e-4 --lora_dim 16
+    (--learning-rate works too). The knobs, with their defaults, are listed below.
+    """
+    from service.modelcard import base_model_dir
+    from training.config import ConfigError, parse_knob_args, read_config_file, resolve_config
+    from training.data.dataset import DatasetError, load_dataset
+
+    try:
+        flags = parse_knob_args(ctx.args)
+        file_values = read_config_file(config_file) if config_file else None
+        config, explicit = resolve_config(preset, file_values, flags)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+    from training.trainer import TrainError, describe, dry_run_report, plan_training
+
+    try:
+        if eval_data is not None:
+            load_dataset(eval_data)
+        plan = plan_training(data, output, config, explicit, base_model or base_model_dir(), resume=resume)
+    except (DatasetError, TrainError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    for line in describe(plan):
+        click.echo(line, err=True)
+    if dry_run:
+        click.echo(json.dumps(dry_run_report(plan), indent=2))
+        return
+    _quiet_libraries()
+    from training.trainer import train as run_training
+
+    card = run_training(plan, resume=resume, tensorboard_dir=tensorboard_dir, eval_data=eval_data)
+    click.echo(json.dumps({"output": str(output), "metrics": card.metrics}, indent=2))
+
+
+def _quiet_libraries() -> None:
+    """transformers/PEFT warnings that do not concern the user (e.g. tied-weight notes) are hidden."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=UserWarning)
