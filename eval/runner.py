@@ -183,7 +183,7 @@ async def _predict_with_url(
 ) -> list[Prediction]:
     from tqdm import tqdm
 
-    from clients import AsyncIntentClient, AuthError, IntentLMError, NotFoundError
+    from clients import AsyncIntentClient, AuthError, ConnectionError, IntentLMError, NotFoundError
 
     limit = asyncio.Semaphore(concurrency)
 
@@ -212,6 +212,8 @@ async def _predict_with_url(
                 return list(await asyncio.gather(*tasks))
             except AuthError as exc:
                 raise RunnerError(f"{url}: {exc} (pass --token or set INTENTLM_API_TOKEN)") from None
+            except ConnectionError as exc:
+                raise RunnerError(f"cannot reach {url}: {exc.message} (is `intentlm serve` running there?)") from None
             except NotFoundError as exc:
                 route = "POST /" if api == "eas" else "POST /v1/intents"
                 raise RunnerError(f"{url}: {exc} ({route} not found: is this an intentlm service? "

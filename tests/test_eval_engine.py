@@ -1,0 +1,75 @@
+"""intentlm eval through the real components: vLLM's offline engine (--model) and a live server (--url).
+
+The model is the untrained base model with the smart-home card, so the figures are low: these tests
+check the pipeline and that both routes agree, not accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, TEST_FILE, LiveServer
+
+LIMIT = 8  # records: enough for a batch, small enough to keep the test short
+
+
+def _eval(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(REPO / ".venv" / "bin" / "intentlm"), "eval", "--data", str(TEST_FILE),
+                           "--limit", str(LIMIT), *args], capture_output=True, text=True, timeout=600, cwd=REPO)
+
+
+def _rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def model_run(smarthome_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One `intentlm eval --model` run (one engine start) shared by the tests below."""
+    out = tmp_path_factory.mktemp("eval-model")
+    done = _eval("--model", str(smarthome_model), "--report", str(out))
+    assert done.returncode == 0, done.stdout + done.stderr[-4000:]
+    assert "Intent accuracy (reference script)" in done.stdout
+    return out
+
+
+@pytest.mark.engine
+def test_model_run_writes_a_consistent_report(model_run: Path, smarthome_model: Path) -> None:
+    result = json.loads((model_run / "metrics.json").read_text())
+    card = json.loads((smarthome_model / "intentlm.json").read_text())
+    assert result["run"]["mode"] == "model" and result["run"]["constrained"] is True
+    assert result["metrics"]["records"] == LIMIT
+    rows = _rows(model_run)
+    assert [r["instruction"] for r in rows] == [r["instruction"] for r in json.loads(TEST_FILE.read_text())[:LIMIT]]
+    for row in rows:  # constrained decoding: every complete answer names a card intent
+        assert row["malformed"] or row["pred_intent"] in card["intents"], row
+        assert row["latency_ms"] > 0 and 0 <= row["confidence"] <= 1
+    figures = result["metrics"]["reference"]
+    assert figures["intent_accuracy"] == sum(r["reference_intent_correct"] for r in rows) / LIMIT
+    assert (model_run / "confusion.png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.engine
+def test_url_run_agrees_with_model_run(model_run: Path, live_server: LiveServer, tmp_path: Path) -> None:
+    """Same model, same prompt, greedy constrained decoding: the service answers as the offline engine."""
+    assert live_server.model_dir.resolve() == Path(json.loads(
+        (model_run / "metrics.json").read_text())["run"]["source"]).resolve()
+    done = _eval("--url", live_server.url, "--token", live_server.token or "", "--report", str(tmp_path))
+    assert done.returncode == 0, done.stdout + done.stderr[-4000:]
+    url_result = json.loads((tmp_path / "metrics.json").read_text())
+    model_result = json.loads((model_run / "metrics.json").read_text())
+    assert url_result["run"]["mode"] == "url (intents)"
+    assert [r["raw"] for r in _rows(tmp_path)] == [r["raw"] for r in _rows(model_run)]
+    assert url_result["metrics"]["reference"] == model_result["metrics"]["reference"]
+
+
+@pytest.mark.engine
+def test_url_eas_api_and_bad_token(live_server: LiveServer, tmp_path: Path) -> None:
+    done = _eval("--url", live_server.url, "--api", "eas", "--token", live_server.token or "")
+    assert done.returncode == 0, done.stdout + done.stderr[-4000:]
+    assert "url (eas), free-form" in done.stdout
+    refused = _eval("--url", live_server.url, "--token", "wrong")
+    assert refused.returncode == 1 and "401" in refused.stderr and "Traceback" not in refused.stderr
