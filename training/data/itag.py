@@ -25,6 +25,7 @@ Decisions where the format leaves room:
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -111,8 +112,8 @@ def manifest_bytes(records: Sequence[Record], prelabels: Sequence[str | None] | 
         if prelabels is not None and prelabels[index] is not None:
             result = {"data": prelabels[index], "markTitle": OUTPUT_TITLE, "type": "survey/value"}
             row[PRELABEL_KEY] = {"results": [result]}
-        lines.append(orjson.dumps(row) + b"\n")
-    return b"".join(lines)
+        lines.append(json.dumps(row, ensure_ascii=False) + "\n")
+    return "".join(lines).encode("utf-8")
 
 
 def write_manifest(path: str | os.PathLike[str], records: Sequence[Record],
