@@ -124,3 +124,8 @@ def test_exit_codes_through_the_console_script(tmp_path: Path) -> None:
     assert done.returncode == 1 and "record 1 (line 2)" in done.stdout
     done = subprocess.run([INTENTLM, "data", "check", tmp_path / "missing.json"], capture_output=True, text=True)
     assert done.returncode == 2 and "does not exist" in done.stderr
+
+
+def test_an_empty_array_is_an_error(tmp_path: Path) -> None:
+    code, out = check(write(tmp_path / "empty.json", []), "--no-tokens")
+    assert code == 1 and "the dataset has no records" in out

@@ -103,6 +103,12 @@ def test_abandoned_rows_are_skipped_and_counted(tmp_path: Path) -> None:
     assert code == 0, out
     assert "2 records written, 2 abandoned rows skipped" in out
     assert [r.output for r in load_dataset(tmp_path / "train.json")] == ["iot_hue_lightoff()", "alarm_set(7)"]
+    # Nothing but abandoned rows: nothing to write, and the previous dataset stays.
+    only_abandoned = tmp_path / "none.manifest"
+    only_abandoned.write_text(labelled_row("x", "", abandoned=1) + "\n", encoding="utf-8")
+    code, out = invoke("from-itag", only_abandoned, "-o", tmp_path / "train.json")
+    assert code == 1 and "no labelled rows (1 abandoned); nothing written" in out
+    assert len(load_dataset(tmp_path / "train.json")) == 2
 
 
 def test_several_label_keys(tmp_path: Path) -> None:
