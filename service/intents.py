@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 # A letter or underscore (any script), then letters, digits, '_', '-', '.'.
 _NAME = re.compile(r"[^\W\d][\w.\-]*")
+_ARG_RUN = re.compile(r"[^,();]*")  # the stretch of an argument up to its next delimiter
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,7 @@ class _Parser:
             elif ch in "(;":
                 raise IntentParseError(self.text, self.pos, f"{ch!r} inside an argument list")
             else:
-                self.pos += 1
+                self.pos = _ARG_RUN.match(self.text, self.pos).end()
         if len(raw) == 1 and not raw[0][1].strip():
             return ()
         for offset, value in raw:
