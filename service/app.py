@@ -68,7 +68,6 @@ def create_app(settings: Settings, model_dir: Path, engine_factory: EngineFactor
     app.state.draining = False
     app.state.load_error = None
     app.state.on_fatal = lambda: None
-    metrics.MODEL_INFO.info({"model_dir": str(model_dir), "name": model_dir.name})
 
     app.include_router(api)
     app.include_router(ops)

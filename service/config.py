@@ -42,7 +42,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Larger request bodies get 413.")
 
     # Generation.
-    max_new_tokens_cap: int = Field(512, ge=1, description="Upper bound on any request's max_new_tokens.")
+    max_new_tokens_cap: int = Field(
+        256, ge=1, description="Upper bound on any request's max_new_tokens (intent answers are short)."
+    )
     intent_max_tokens: int = Field(64, ge=1, description="Answer budget of /v1/intents.")
     oos_label: str = Field("oos", description="Intent returned when confidence is below oos_threshold.")
     oos_threshold: float = Field(0.0, ge=0, le=1, description="0 disables the out-of-scope fallback.")

@@ -130,6 +130,16 @@ class IntentEngine:
         self._free_intent_params = self._intent_params.clone()
         self._free_intent_params.structured_outputs = None
         self._kinds = RequestOutputKind
+        self._known_intents = set(card.intents) | {settings.oos_label}
+        metrics.MODEL_INFO.info(
+            {
+                "name": model_dir.name,
+                "model_dir": str(model_dir),
+                "base_model": card.base_model,
+                "intents": str(len(card.intents)),
+                "max_model_len": str(settings.max_model_len),
+            }
+        )
 
     @classmethod
     async def start(cls, settings: Settings, model_dir: Path) -> IntentEngine:
@@ -286,9 +296,8 @@ class IntentEngine:
         if calls and confidence < self.settings.oos_threshold:
             intents = [IntentCall(name=self.settings.oos_label, args=[])]
         if route != "warmup":
-            known = set(self.card.intents) | {self.settings.oos_label}
             for call in intents:
-                metrics.PREDICTED_INTENTS.labels(call.name if call.name in known else "other").inc()
+                metrics.PREDICTED_INTENTS.labels(call.name if call.name in self._known_intents else "other").inc()
         return IntentPrediction(
             intents=intents,
             raw=raw,
