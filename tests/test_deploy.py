@@ -328,3 +328,9 @@ def test_dashboard_queries_only_metrics_the_server_exports() -> None:
     titles = " ".join(panel["title"].lower() for panel in dashboard["panels"])
     for topic in ("latency", "throughput", "intents by name", "errors"):
         assert topic in titles
+
+
+def test_deploy_guide_names_only_real_variables() -> None:
+    """Every INTENTLM_* variable the guide tells an operator to set is one the server or installer reads."""
+    named = set(re.findall(r"\bINTENTLM_[A-Z_]+[A-Z]", (REPO / "docs" / "deploy.md").read_text()))
+    assert named - {"INTENTLM_TARGET"} <= setting_variables(), named - setting_variables()
