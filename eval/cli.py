@@ -135,21 +135,17 @@ def _predict(
     system_prompt: str | None,
 ) -> list[Prediction]:
     """Run the chosen predictor; its failures become one clear line, not a traceback."""
-    from eval.runner import RunnerError, model_card, predict_with_model, predict_with_url
+    from eval.runner import RunnerError, predict_with_model, predict_with_url
 
     try:
         if url is not None:
             return predict_with_url(url, [r.instruction for r in records], api=api, token=token,  # type: ignore[arg-type]
                                     constrained=not free_form, system_prompt=system_prompt, concurrency=concurrency)
-        intents = None
-        if not free_form and not model_card(model_dir).intents:
-            intents = sorted({call.name for r in records for call in r.calls()})
-            click.echo(f"warning: {model_dir} lists no intents; constraining decoding to the "
-                       f"{len(intents)} intents of the data", err=True)
         # vLLM on CPU reserves this many GiB of KV cache; 1 is plenty for intent prompts.
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         return predict_with_model(model_dir, [r.instruction for r in records], constrained=not free_form,
-                                  intents=intents, system_prompt=system_prompt)
+                                  fallback_intents=sorted({c.name for r in records for c in r.calls()}),
+                                  system_prompt=system_prompt)
     except RunnerError as exc:
         raise click.ClickException(str(exc)) from None

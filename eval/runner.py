@@ -82,6 +82,7 @@ def predict_with_model(
     *,
     constrained: bool = True,
     intents: Sequence[str] | None = None,
+    fallback_intents: Sequence[str] = (),
     system_prompt: str | None = None,
     max_new_tokens: int = MAX_NEW_TOKENS,
     llm: LLM | None = None,
@@ -89,8 +90,9 @@ def predict_with_model(
 ) -> list[Prediction]:
     """Greedy predictions for ``instructions``, in order, from one batched ``generate`` call.
 
-    ``intents`` (default: the card's) is the set constrained decoding allows; ``system_prompt``
-    overrides the card's. Pass ``llm`` to reuse a loaded engine (it must hold ``model_dir``).
+    Constrained decoding allows ``intents``, by default the card's, else ``fallback_intents``
+    (with a warning: the evaluator passes the data's). ``system_prompt`` overrides the card's.
+    Pass ``llm`` to reuse a loaded engine (it must hold ``model_dir``).
     """
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
@@ -98,6 +100,9 @@ def predict_with_model(
 
     card = model_card(model_dir)
     allowed = list(card.intents if intents is None else intents)
+    if constrained and not allowed and fallback_intents:
+        log.warning("%s lists no intents; constraining decoding to the %d given ones", model_dir, len(fallback_intents))
+        allowed = list(fallback_intents)
     if constrained and not allowed:
         raise RunnerError(f"{model_dir}: the model card lists no intents to constrain decoding to; "
                           "pass the intents or decode free-form")
