@@ -1,0 +1,147 @@
+"""Servers of their own (never the shared one): readiness while loading, overload, timeout, token cap,
+graceful drain on SIGTERM, and an engine that dies under a running server.
+
+Both servers start together at module set-up so their model loads overlap.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import httpx
+import psutil
+import pytest
+from conftest import LiveServer, start_server, wait_ready
+from test_server import metric
+
+pytestmark = pytest.mark.engine
+
+LONG = {"prompt": "Write a very long story about a dragon.", "temperature": 0.7, "max_new_tokens": 1000}
+
+
+@pytest.fixture(scope="module")
+def servers(smarthome_model, tmp_path_factory) -> dict[str, LiveServer]:
+    log_dir = tmp_path_factory.mktemp("lifecycle")
+    started = {
+        # One generation at a time, no queue, 3 s per request: easy to overload and to time out.
+        "tight": start_server(smarthome_model, log_dir, "--max-in-flight", "1", "--max-queued", "0",
+                              "--request-timeout", "3", wait=False),
+        # Answers of at most 40 tokens: short, bounded requests for the cap and the drain.
+        "short": start_server(smarthome_model, log_dir, "--max-new-tokens-cap", "40", wait=False),
+    }
+    yield started
+    for server in started.values():
+        server.stop()
+
+
+def headers(server: LiveServer) -> dict[str, str]:
+    return {"Authorization": server.token}
+
+
+def running(server: LiveServer) -> float:
+    return metric(httpx.get(f"{server.url}/metrics").text, "vllm:num_requests_running")
+
+
+def wait_running(server: LiveServer, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while running(server) < 1:
+        assert time.monotonic() < deadline, "the generation never started"
+        time.sleep(0.05)
+
+
+def in_background(call) -> tuple[threading.Thread, list]:
+    result: list = []
+    thread = threading.Thread(target=lambda: result.append(call()))
+    thread.start()
+    return thread, result
+
+
+def test_not_ready_while_loading_then_ready(servers) -> None:
+    server = servers["tight"]
+    deadline = time.monotonic() + 120
+    while True:  # the HTTP server answers before the model is loaded
+        try:
+            live = httpx.get(f"{server.url}/health/live")
+            break
+        except httpx.TransportError:
+            assert time.monotonic() < deadline and server.process.poll() is None, server.log()[-3000:]
+            time.sleep(0.2)
+    assert live.status_code == 200
+    ready = httpx.get(f"{server.url}/health/ready")
+    api = httpx.post(f"{server.url}/v1/intents", json={"text": "hi"}, headers=headers(server))
+    if ready.status_code == 503:  # still loading (it nearly always is: loading takes ~30 s)
+        assert ready.json()["error"]["code"] == "not_ready" and ready.headers["Retry-After"]
+    if api.status_code == 503:
+        assert api.json()["error"]["code"] == "not_ready"
+    wait_ready(server)
+    assert httpx.post(f"{server.url}/v1/intents", json={"text": "hi"}, headers=headers(server), timeout=30).status_code == 200
+
+
+def test_overload_is_503_at_once_and_timeout_is_504(servers) -> None:
+    server = servers["tight"]
+    wait_ready(server)
+    thread, result = in_background(lambda: httpx.post(f"{server.url}/", json=LONG, headers=headers(server), timeout=60))
+    wait_running(server)
+    start = time.monotonic()
+    refused = httpx.post(f"{server.url}/v1/intents", json={"text": "lights off"}, headers=headers(server))
+    assert time.monotonic() - start < 1.0
+    assert refused.status_code == 503
+    assert refused.json()["error"]["code"] == "overloaded"
+    assert int(refused.headers["Retry-After"]) >= 1
+    thread.join()
+    timed_out = result[0]
+    assert timed_out.status_code == 504
+    assert timed_out.json()["error"]["code"] == "timeout"
+    deadline = time.monotonic() + 5  # the timed-out generation was aborted in the engine
+    while running(server) > 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    text = httpx.get(f"{server.url}/metrics").text
+    assert metric(text, "intentlm_requests_total", route="/v1/intents", status="503") >= 1
+    assert metric(text, "intentlm_requests_total", route="/", status="504") >= 1
+
+
+def test_engine_death_makes_the_server_unready(servers) -> None:
+    server = servers["tight"]
+    wait_ready(server)
+    engine_cores = [p for p in psutil.Process(server.process.pid).children(recursive=True) if "EngineCore" in p.name()
+                    or any("EngineCore" in part for part in p.cmdline())]
+    assert engine_cores, [p.name() for p in psutil.Process(server.process.pid).children(recursive=True)]
+    for process in engine_cores:
+        process.kill()
+    deadline = time.monotonic() + 30
+    while httpx.get(f"{server.url}/health/ready").status_code == 200:
+        assert time.monotonic() < deadline, "still ready after its engine was killed"
+        time.sleep(0.2)
+    ready = httpx.get(f"{server.url}/health/ready")
+    assert ready.status_code == 503 and ready.json()["error"]["code"] == "engine_dead"
+    assert httpx.get(f"{server.url}/health/live").status_code == 200
+    api = httpx.post(f"{server.url}/v1/intents", json={"text": "hi"}, headers=headers(server), timeout=30)
+    assert api.status_code == 503, api.text
+
+
+def test_max_new_tokens_is_clamped_not_refused(servers) -> None:
+    server = servers["short"]
+    wait_ready(server)
+    before = metric(httpx.get(f"{server.url}/metrics").text, "intentlm_generated_tokens_total", route="/")
+    reply = httpx.post(f"{server.url}/", json={**LONG, "max_new_tokens": 10**9}, headers=headers(server), timeout=60)
+    assert reply.status_code == 200, reply.text
+    after = metric(httpx.get(f"{server.url}/metrics").text, "intentlm_generated_tokens_total", route="/")
+    assert 1 <= after - before <= 40
+
+
+def test_sigterm_drains_in_flight_requests(servers) -> None:
+    server = servers["short"]
+    wait_ready(server)
+    thread, result = in_background(lambda: httpx.post(f"{server.url}/", json=LONG, headers=headers(server), timeout=60))
+    wait_running(server)
+    server.process.terminate()
+    thread.join()
+    reply = result[0]
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["response"]
+    # uvicorn re-raises the SIGTERM it caught once the drain and the engine shutdown are done.
+    assert server.process.wait(60) in (0, -signal.SIGTERM)
+    assert "Application shutdown complete" in server.log()
