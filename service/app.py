@@ -18,7 +18,6 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -26,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service import metrics
 from service.config import Settings
 from service.engine import IntentEngine, ServiceError
-from service.routes import WEB_DIR, api, ops
+from service.routes import WEB_DIR, OrjsonResponse, api, ops
 
 log = logging.getLogger("intentlm.app")
 
@@ -60,7 +59,7 @@ def create_app(settings: Settings, model_dir: Path, engine_factory: EngineFactor
         summary="LLM intent recognition: EAS-compatible API, structured intents, metrics.",
         version="0.1.0",
         lifespan=lifespan,
-        default_response_class=ORJSONResponse,
+        default_response_class=OrjsonResponse,
     )
     app.state.settings = settings
     app.state.token = settings.api_token.get_secret_value().encode() if settings.api_token else None
@@ -78,21 +77,21 @@ def create_app(settings: Settings, model_dir: Path, engine_factory: EngineFactor
     return app
 
 
-def error_response(status: int, code: str, message: str, field: str | None = None, retry_after: int | None = None) -> ORJSONResponse:
+def error_response(status: int, code: str, message: str, field: str | None = None, retry_after: int | None = None) -> OrjsonResponse:
     detail: dict[str, str] = {"code": code, "message": message}
     if field is not None:
         detail["field"] = field
     headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-    return ORJSONResponse({"error": detail}, status_code=status, headers=headers)
+    return OrjsonResponse({"error": detail}, status_code=status, headers=headers)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
-    async def service_error(request: Request, exc: ServiceError) -> ORJSONResponse:
+    async def service_error(request: Request, exc: ServiceError) -> OrjsonResponse:
         return error_response(exc.status, exc.code, exc.message, exc.field, exc.retry_after)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError) -> ORJSONResponse:
+    async def invalid(request: Request, exc: RequestValidationError) -> OrjsonResponse:
         first = exc.errors()[0]
         loc = [str(part) for part in first.get("loc", ()) if part != "body"]
         field = ".".join(loc) or None
@@ -100,12 +99,12 @@ def _install_error_handlers(app: FastAPI) -> None:
         return error_response(422, "invalid_request", f"{field}: {message}" if field else message, field)
 
     @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> ORJSONResponse:
+    async def http_error(request: Request, exc: HTTPException) -> OrjsonResponse:
         code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(exc.status_code, "http_error")
         return error_response(exc.status_code, code, str(exc.detail))
 
     @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> ORJSONResponse:
+    async def unexpected(request: Request, exc: Exception) -> OrjsonResponse:
         from vllm.v1.engine.exceptions import EngineDeadError
 
         if isinstance(exc, EngineDeadError):
@@ -142,7 +141,7 @@ class BodyLimit:
     def _message(self) -> str:
         return f"request body is larger than {self.max_bytes} bytes"
 
-    def _too_large(self) -> ORJSONResponse:
+    def _too_large(self) -> OrjsonResponse:
         return error_response(413, "body_too_large", self._message())
 
 

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import FileResponse, ORJSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
 from service import metrics
 from service.engine import IntentEngine, ServiceError
@@ -23,6 +23,13 @@ from service.protocol import EasRequest, EasResponse, ErrorBody, IntentPredictio
 
 WEB_DIR = Path(__file__).parent / "web"
 T = TypeVar("T")
+
+
+class OrjsonResponse(JSONResponse):
+    """JSON rendered by orjson (several times faster than the standard library on our replies)."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
 
 
 def require_token(request: Request) -> None:
@@ -96,7 +103,7 @@ async def eas(body: EasRequest, request: Request, engine: IntentEngine = Depends
 
     with engine.admission.slots(1):
         text = await until_disconnect(request, run(), timeout_s)
-    return ORJSONResponse(_eas_reply(body, text))
+    return OrjsonResponse(_eas_reply(body, text))
 
 
 async def _eas_stream(engine: IntentEngine, body: EasRequest, ids: list[int], params: Any, timeout_s: float) -> AsyncIterator[bytes]:
@@ -128,14 +135,14 @@ async def intents(body: IntentsRequest, request: Request, engine: IntentEngine =
     with engine.admission.slots(len(texts)):
         if body.text is not None:
             one = await until_disconnect(request, engine.predict(body.text, **kwargs), timeout_s)
-            return ORJSONResponse(one.model_dump())
+            return OrjsonResponse(one.model_dump())
         many = await until_disconnect(request, engine.predict_many(texts, **kwargs), timeout_s)
-    return ORJSONResponse([p.model_dump() for p in many])
+    return OrjsonResponse([p.model_dump() for p in many])
 
 
 @ops.get("/health/live", summary="The process is up")
 async def live() -> Response:
-    return ORJSONResponse({"status": "live"})
+    return OrjsonResponse({"status": "live"})
 
 
 @ops.get("/health/ready", summary="The engine is loaded and answering (503 otherwise)")
@@ -145,7 +152,7 @@ async def ready(request: Request) -> Response:
         await engine.check_health()
     except Exception as exc:
         raise ServiceError(503, "engine_dead", f"the engine is not answering: {exc}", retry_after=5) from exc
-    return ORJSONResponse({"status": "ready", "model": str(engine.model_dir)})
+    return OrjsonResponse({"status": "ready", "model": str(engine.model_dir)})
 
 
 @ops.get("/metrics", summary="Prometheus metrics")

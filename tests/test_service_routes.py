@@ -1,0 +1,245 @@
+"""Fast unit tests of the HTTP layer with a fake engine (the real one is exercised in test_server*.py),
+plus the pieces of the engine that need no model: admission, confidence, settings."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.config import ModelNotFoundError, Settings
+from service.engine import Admission, Generation, ServiceError, intent_confidence
+from service.protocol import EasRequest, IntentCall, IntentPrediction
+
+
+class FakeEngine:
+    """Answers like the real engine without a model; ``delay`` makes generations slow."""
+
+    def __init__(self, settings: Settings, model_dir: Path, delay: float = 0.0) -> None:
+        self.settings = settings
+        self.model_dir = model_dir
+        self.admission = Admission(settings.max_in_flight, settings.max_queued)
+        self.delay = delay
+        self.healthy = True
+
+    def prepare_chat(self, request: EasRequest) -> tuple[list[int], object]:
+        if request.prompt == "too long":
+            raise ServiceError(422, "prompt_too_long", "too long", field="prompt")
+        return [1, 2, 3], request
+
+    async def stream(self, ids: list[int], params: EasRequest, *, route: str) -> AsyncIterator[Generation]:
+        text = ""
+        for word in ("it", " is", " done"):
+            await asyncio.sleep(self.delay)
+            text += word
+            yield Generation(text, [], [], len(ids), text.endswith("done"), None, None)
+
+    async def predict(self, text: str, **kwargs: object) -> IntentPrediction:
+        return (await self.predict_many([text], **kwargs))[0]
+
+    async def predict_many(self, texts: list[str], **kwargs: object) -> list[IntentPrediction]:
+        await asyncio.sleep(self.delay)
+        return [IntentPrediction(intents=[IntentCall(name="echo", args=[t])], raw=f"echo({t})", confidence=1.0,
+                                 latency_ms=1.0) for t in texts]
+
+    async def check_health(self) -> None:
+        if not self.healthy:
+            raise RuntimeError("engine core died")
+
+    def shutdown(self) -> None:
+        pass
+
+
+def make_client(tmp_path: Path, delay: float = 0.0, **settings: object) -> TestClient:
+    config = Settings(api_token="secret", **settings)
+
+    async def factory(s: Settings, model_dir: Path) -> FakeEngine:
+        return FakeEngine(s, model_dir, delay)
+
+    return TestClient(create_app(config, tmp_path, factory), headers={"Authorization": "secret"})
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> TestClient:
+    with make_client(tmp_path) as c:
+        yield c
+
+
+def test_routes_answer_in_the_design_shapes(client: TestClient) -> None:
+    assert client.get("/health/ready").json()["status"] == "ready"
+    assert client.post("/", json={"prompt": "hi"}).json() == {"response": "it is done", "history": [["hi", "it is done"]]}
+    one = client.post("/v1/intents", json={"text": "a"}).json()
+    assert one["intents"] == [{"name": "echo", "args": ["a"]}]
+    many = client.post("/v1/intents", json={"texts": ["a", "b"]}).json()
+    assert [m["raw"] for m in many] == ["echo(a)", "echo(b)"]
+
+
+def test_stream_objects_are_nul_terminated(client: TestClient) -> None:
+    body = client.post("/", json={"prompt": "hi", "use_stream_chat": True, "history": [["x", "y"]]}).content
+    parts = body.split(b"\0")
+    assert parts[-1] == b"" and len(parts) == 4
+    assert parts[0] == b'{"response":"it","history":[["x","y"],["hi","it"]]}'
+
+
+def test_auth(tmp_path: Path) -> None:
+    with make_client(tmp_path) as c:
+        for value, status in [("secret", 200), ("Bearer secret", 200), ("bearer  secret", 200), ("secre", 401),
+                              ("", 401), ("Bearer", 401), ("Basic secret", 401)]:
+            assert c.post("/v1/intents", json={"text": "a"}, headers={"Authorization": value}).status_code == status
+        anonymous = {"Authorization": ""}
+        assert c.get("/health/live", headers=anonymous).status_code == 200
+        assert c.get("/metrics", headers=anonymous).status_code == 200
+        assert c.get("/ui", headers=anonymous).status_code == 200
+        reply = c.post("/", json={"prompt": "a"}, headers=anonymous)
+        assert reply.json() == {"error": {"code": "unauthorized", "message": "missing or wrong token in the Authorization header"}}
+
+
+def test_errors_have_the_json_body(client: TestClient) -> None:
+    reply = client.post("/", json={"prompt": "too long"})
+    assert reply.status_code == 422
+    assert reply.json() == {"error": {"code": "prompt_too_long", "message": "too long", "field": "prompt"}}
+    reply = client.post("/", content=b"not json", headers={"Content-Type": "application/json"})
+    assert reply.status_code == 422 and reply.json()["error"]["code"] == "invalid_request"
+
+
+def test_body_limit_by_length_and_while_streaming(tmp_path: Path) -> None:
+    with make_client(tmp_path, max_body_bytes=2048) as c:
+        big = b'{"prompt": "' + b"a" * 4096 + b'"}'
+        reply = c.post("/", content=big, headers={"Content-Type": "application/json"})
+        assert reply.status_code == 413 and reply.json()["error"]["code"] == "body_too_large"
+        chunked = c.post("/", content=iter([big[:1000], big[1000:]]), headers={"Content-Type": "application/json"})
+        assert chunked.status_code == 413 and chunked.json()["error"]["code"] == "body_too_large"
+
+
+def test_not_ready_until_loaded_and_load_failure_is_fatal(tmp_path: Path) -> None:
+    loaded = asyncio.Event()
+    fatal: list[bool] = []
+
+    async def slow_factory(s: Settings, model_dir: Path) -> FakeEngine:
+        await loaded.wait()
+        raise RuntimeError("no such model")
+
+    app = create_app(Settings(), tmp_path, slow_factory)
+    app.state.on_fatal = lambda: fatal.append(True)
+    with TestClient(app) as c:
+        ready = c.get("/health/ready")
+        assert ready.status_code == 503 and ready.headers["Retry-After"] == "5"
+        assert ready.json()["error"]["code"] == "not_ready"
+        assert c.post("/v1/intents", json={"text": "a"}).json()["error"]["code"] == "not_ready"
+        assert c.get("/health/live").status_code == 200
+        c.portal.call(loaded.set)
+        for _ in range(100):
+            if fatal:
+                break
+            c.portal.call(asyncio.sleep, 0.01)
+    assert fatal and isinstance(app.state.load_error, RuntimeError)
+
+
+def test_dead_engine_is_not_ready(client: TestClient) -> None:
+    client.app.state.engine.healthy = False
+    reply = client.get("/health/ready")
+    assert reply.status_code == 503 and reply.json()["error"]["code"] == "engine_dead"
+
+
+def test_draining_refuses_new_work(client: TestClient) -> None:
+    client.app.state.draining = True
+    reply = client.post("/v1/intents", json={"text": "a"})
+    assert reply.status_code == 503 and reply.json()["error"]["code"] == "shutting_down"
+
+
+def test_timeout_is_504(tmp_path: Path) -> None:
+    with make_client(tmp_path, delay=0.5, request_timeout_s=0.1) as c:
+        reply = c.post("/v1/intents", json={"text": "a"})
+        assert reply.status_code == 504 and reply.json()["error"]["code"] == "timeout"
+        assert c.app.state.engine.admission.admitted == 0
+
+
+def test_admission_bound() -> None:
+    admission = Admission(max_in_flight=2, max_queued=1)
+    with admission.slots(3):
+        with pytest.raises(ServiceError) as refused:
+            admission.check(1)
+        assert refused.value.status == 503 and refused.value.retry_after == 1
+    assert admission.admitted == 0
+    with pytest.raises(ServiceError):
+        with admission.slots(4):
+            pass
+
+
+def test_batch_counts_each_utterance_against_admission(tmp_path: Path) -> None:
+    with make_client(tmp_path, max_in_flight=2, max_queued=0) as c:
+        assert c.post("/v1/intents", json={"texts": ["a", "b"]}).status_code == 200
+        reply = c.post("/v1/intents", json={"texts": ["a", "b", "c"]})
+        assert reply.status_code == 503 and reply.headers["Retry-After"] == "1"
+
+
+def test_metrics_label_routes_and_statuses(client: TestClient) -> None:
+    client.post("/v1/intents", json={"text": "a"})
+    client.get("/no/such/path")
+    text = client.get("/metrics").text
+    assert 'intentlm_requests_total{route="/v1/intents",status="200"}' in text
+    assert 'intentlm_requests_total{route="other",status="404"}' in text
+
+
+class PieceTokenizer:
+    """Decodes token ids from a fixed table (what ``intent_confidence`` needs of a tokenizer)."""
+
+    def __init__(self, pieces: list[str]) -> None:
+        self.pieces = pieces
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(self.pieces[i] for i in ids)
+
+
+def test_confidence_counts_only_intent_name_tokens() -> None:
+    pieces = ["alarm", "_set", "(", "7", " am", ")", ";", "iot", "()", "<|im_end|>"]
+    tokenizer = PieceTokenizer(pieces)
+    ids = list(range(len(pieces)))
+    logprobs = [math.log(0.9), math.log(0.8), math.log(0.5), math.log(0.1), math.log(0.1), 0.0, 0.0,
+                math.log(0.5), 0.0, math.log(0.01)]
+    # alarm, _set, "(" (ends the first name), then "iot" and "()" of the second call.
+    assert intent_confidence(ids, logprobs, tokenizer) == pytest.approx(0.9 * 0.8 * 0.5 * 0.5)
+    assert intent_confidence([], [], tokenizer) == 0.0
+
+
+def test_settings_env_flags_and_masking(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("INTENTLM_PORT", "9001")
+    monkeypatch.setenv("INTENTLM_API_TOKEN", "hunter2")
+    assert Settings().port == 9001
+    assert Settings(port=9002).port == 9002  # the CLI passes flags as arguments: they win
+    summary = Settings().summary()
+    assert summary["api_token"] == "***" and "hunter2" not in str(summary)
+
+
+def test_model_resolution(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("INTENTLM_HOME", str(tmp_path / "empty-home"))
+    with pytest.raises(ModelNotFoundError, match="intentlm model prepare"):
+        Settings().resolve_model()
+    with pytest.raises(ModelNotFoundError, match="no config.json"):
+        Settings(model=tmp_path).resolve_model()
+    base = tmp_path / "empty-home" / "models" / "SmolLM2-135M-Instruct"
+    base.mkdir(parents=True)
+    (base / "config.json").write_text("{}")
+    assert Settings().resolve_model() == base
+    demo = base.parent / "smarthome-demo"
+    demo.mkdir()
+    (demo / "config.json").write_text("{}")
+    assert Settings().resolve_model() == demo
+
+
+def test_serve_cli_without_a_model_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from service.cli import serve
+
+    monkeypatch.setenv("INTENTLM_HOME", str(tmp_path))
+    result = CliRunner().invoke(serve, [])
+    assert result.exit_code == 1 and "intentlm model prepare" in result.output
+    result = CliRunner().invoke(serve, ["--port", "-5"])
+    assert result.exit_code == 2 and "port" in result.output
+
