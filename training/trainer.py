@@ -126,7 +126,7 @@ def tokenize(records: list[Record], tokenizer: Any, config: TrainConfig) -> tupl
                      apply_chat_template=config.apply_chat_template, tokenizer=tokenizer)
         for r in records
     ]
-    prompt_ids = tokenizer(prompts)["input_ids"]
+    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     answer_ids = tokenizer([build_target(r.output, end_of_turn=eot) for r in records],
                            add_special_tokens=False)["input_ids"]
     examples, skipped = [], []
@@ -309,14 +309,10 @@ def make_trainer_class() -> type:
             if self._last_log is not None and now > self._last_log[0] and "loss" in logs:
                 logs["tokens_per_second"] = round((tokens - self._last_log[1]) / (now - self._last_log[0]), 1)
             if start_time is not None and self.state.global_step:
-                per_step = (time.time() - start_time) / max(1, self.state.global_step - self._first_step)
+                per_step = (time.time() - start_time) / max(1, self.state.global_step - self._initial_global_step)
                 logs["eta_seconds"] = round(per_step * (self.state.max_steps - self.state.global_step), 1)
             self._last_log = (now, tokens)
             super().log(logs, start_time)
-
-        def _inner_training_loop(self, *args: Any, **kwargs: Any) -> Any:
-            self._first_step = self.state.global_step
-            return super()._inner_training_loop(*args, **kwargs)
 
     return IntentTrainer
 
@@ -371,13 +367,14 @@ def train(plan: TrainPlan, *, resume: bool = False, tensorboard_dir: Path | None
     result = trainer.train(resume_from_checkpoint=last_checkpoint(run_dir) if resume else None)
     runtime = time.monotonic() - started
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    speeds = [h["tokens_per_second"] for h in trainer.state.log_history if "tokens_per_second" in h]
     metrics: dict[str, Any] = {
         "train_loss": round(result.training_loss, 4),
         "final_loss": round(losses[-1], 4) if losses else None,
         "train_runtime_s": round(runtime, 1),
         "train_tokens": trainer.state.num_input_tokens_seen,
-        "tokens_per_second": round(statistics.median(speeds), 1) if speeds else None,
+        # this session's tokens over this session's training time (a resumed run counts its own part)
+        "tokens_per_second": round((trainer.state.num_input_tokens_seen - trainer._initial_num_input_tokens_seen)
+                                   / result.metrics["train_runtime"], 1),
         "optimizer_steps": trainer.state.global_step,
         "records_too_long": len(plan.skipped),
     }

@@ -1,0 +1,187 @@
+"""`intentlm train` through the real command: tiny LoRA and full runs, bad input, a SIGKILL, --resume.
+
+The runs are tiny (16 records, a few optimizer steps, seq_length 64) so the file stays fast; the
+model directories they produce are loaded by vLLM through `intentlm eval` (the real engine).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from service.intents import parse
+from service.modelcard import read_card
+from tests.conftest import REPO, TRAIN_FILE
+
+INTENTLM = str(REPO / ".venv" / "bin" / "intentlm")
+TINY = ["--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "1", "--seq_length", "64",
+        "--lora_dim", "4", "--load_in_4bit", "false", "--learning_rate", "1e-3", "--logging_steps", "1"]
+
+
+def run_intentlm(*args: str | Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([INTENTLM, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """16 single-intent smart-home records (multi-intent ones would fail the strategy check alone)."""
+    records = [r for r in json.loads(TRAIN_FILE.read_text()) if ";" not in r["output"]][:16]
+    path = tmp_path_factory.mktemp("data") / "tiny.json"
+    path.write_text(json.dumps(records))
+    return path
+
+
+@pytest.fixture(scope="module")
+def lora_run(tiny_data: Path, base_model: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    output = tmp_path_factory.mktemp("lora") / "model"
+    result = run_intentlm("train", "--data", tiny_data, "--output", output, "--eval-data", tiny_data, *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output, result.stderr
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny_data: Path, base_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    output = tmp_path_factory.mktemp("full") / "model"
+    result = run_intentlm("train", "--data", tiny_data, "--output", output, *TINY, "--lora-dim", "0",
+                          "--learning_rate", "1e-5", "--num_train_epochs", "0.5")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output
+
+
+def assert_complete_model_dir(output: Path, data: Path, mode: str) -> None:
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja", "intentlm.json"):
+        assert (output / name).is_file(), name
+    config = json.loads((output / "config.json").read_text())
+    assert "quantization_config" not in config
+    card = read_card(output)
+    assert card is not None
+    records = json.loads(data.read_text())
+    assert card.intents == sorted({c.name for r in records for c in parse(r["output"])})
+    assert card.base_model and card.system_prompt == "You are a helpful assistant" and card.apply_chat_template
+    assert card.data is not None and card.data.records == len(records) and len(card.data.sha256) == 64
+    assert card.data.file == str(data.resolve())
+    assert card.train_config["mode"] == mode and card.train_config["seq_length"] == 64
+    assert card.metrics["train_loss"] > 0 and card.metrics["final_loss"] > 0
+    assert card.metrics["tokens_per_second"] > 0 and card.created_at
+    assert not output.with_name(output.name + ".checkpoints").exists()  # cleaned up after success
+    assert list((output / "tensorboard").iterdir())  # TensorBoard events default inside the output
+
+
+def test_lora_run_writes_a_complete_model_dir(lora_run: tuple[Path, str], tiny_data: Path) -> None:
+    output, log = lora_run
+    assert_complete_model_dir(output, tiny_data, "lora")
+    assert (output / "adapter" / "adapter_model.safetensors").is_file()
+    card = read_card(output)
+    assert 0 <= card.metrics["eval"]["intent_accuracy"] <= 1 and card.metrics["eval"]["records"] == 16
+    assert "tok/s" in log and "tokens/epoch" in log  # eta: tqdm's bar, and TensorBoard (below)
+
+
+def test_full_run_writes_a_complete_model_dir(full_run: Path, tiny_data: Path) -> None:
+    assert_complete_model_dir(full_run, tiny_data, "full")
+    assert not (full_run / "adapter").exists()
+
+
+def test_tensorboard_has_tokens_per_second_and_eta(lora_run: tuple[Path, str]) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(lora_run[0] / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/tokens_per_second", "train/eta_seconds"} <= tags
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("which", ["lora", "full"])
+def test_vllm_loads_the_trained_model(which: str, lora_run: tuple[Path, str], full_run: Path,
+                                      tiny_data: Path, tmp_path: Path) -> None:
+    model = lora_run[0] if which == "lora" else full_run
+    result = run_intentlm("eval", "--model", model, "--data", tiny_data, "--report", tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    predictions = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 16
+
+
+def test_dry_run_reports_without_training(tiny_data: Path, base_model: Path, tmp_path: Path) -> None:
+    output = tmp_path / "model"
+    result = run_intentlm("train", "--data", tiny_data, "--output", output, "--preset", "lora",
+                          "--seq-length", "64", "--load_in_4bit", "false", "--dry-run")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert report["config"]["learning_rate"] == 3e-4 and report["config"]["seq_length"] == 64
+    assert report["tokens"]["records_used"] == 16 and report["tokens"]["length_max"] <= 64
+    assert report["optimizer_steps"] == 5 * report["optimizer_steps_per_epoch"]
+    assert report["estimated_seconds"] > 0
+    assert "global batch 256 -> 1" in result.stderr  # said in the log
+    assert not output.exists() and not output.with_name("model.checkpoints").exists()
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--bogus_knob", "1"], "unknown knob --bogus_knob; valid knobs: learning_rate"),
+    (["--seq_length", "16"], "seq_length 16 is below the shortest record"),
+    (["--base-model", "/nonexistent"], "intentlm model prepare"),
+    (["--resume"], "no checkpoint"),
+    (["--config", "/nonexistent.yaml"], "no such config file"),
+])
+def test_bad_input_fails_before_compute(extra: list[str], message: str, tiny_data: Path, base_model: Path,
+                                        tmp_path: Path) -> None:
+    result = run_intentlm("train", "--data", tiny_data, "--output", tmp_path / "model", *extra)
+    assert result.returncode != 0
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "model").exists()
+
+
+def test_bad_data_and_output_fail_before_compute(tiny_data: Path, base_model: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.json"
+    broken.write_text('[{"instruction": "hi", "output": "greet("}]')
+    result = run_intentlm("train", "--data", broken, "--output", tmp_path / "model")
+    assert result.returncode != 0 and f"{broken}:1: record 1: field 'output'" in result.stderr
+    conflicting = tmp_path / "conflicting.json"
+    conflicting.write_text(json.dumps([{"instruction": "lights off", "output": "iot_hue_lightoff()"},
+                                       {"instruction": "lights off", "output": "iot_hue_lighton()"}]))
+    result = run_intentlm("train", "--data", conflicting, "--output", tmp_path / "model")
+    assert result.returncode != 0 and "data check found" in result.stderr
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    result = run_intentlm("train", "--data", tiny_data, "--output", a_file)
+    assert result.returncode != 0 and "is a file" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_sigkill_leaves_the_previous_model_and_resume_finishes(tiny_data: Path, base_model: Path,
+                                                               lora_run: tuple[Path, str], tmp_path: Path) -> None:
+    """A real `intentlm train` killed with SIGKILL mid-training: the old model is untouched; --resume completes."""
+    import shutil
+
+    output = tmp_path / "model"
+    shutil.copytree(lora_run[0], output)
+    before = {p.name: p.stat().st_mtime_ns for p in output.iterdir()}
+    old_card = (output / "intentlm.json").read_bytes()
+    checkpoints = tmp_path / "model.checkpoints"
+    args = ["train", "--data", tiny_data, "--output", output, *TINY, "--per_device_train_batch_size", "2",
+            "--num_train_epochs", "2", "--save_steps", "2"]
+    process = subprocess.Popen([INTENTLM, *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               cwd=REPO)
+    deadline = time.monotonic() + 240
+    while not list(checkpoints.glob("checkpoint-*")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert process.poll() is None, "training ended before it could be killed"
+    time.sleep(1.0)  # let the checkpoint's files land; the kill may still hit mid-write of the next one
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert {p.name: p.stat().st_mtime_ns for p in output.iterdir()} == before
+    assert (output / "intentlm.json").read_bytes() == old_card
+    assert not list(tmp_path.glob(".model.tmp-*"))  # the kill came before the final write began
+
+    result = run_intentlm(*args, "--resume")
+    assert result.returncode == 0, result.stderr[-3000:]
+    card = read_card(output)
+    assert card is not None and card.train_config["num_train_epochs"] == 2
+    assert card.metrics["optimizer_steps"] == 16 and (output / "intentlm.json").read_bytes() != old_card
