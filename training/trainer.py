@@ -16,8 +16,6 @@ positions it gets at inference time.
 
 from __future__ import annotations
 
-import json
-import logging
 import math
 import os
 import shutil
@@ -33,7 +31,6 @@ from training.config import TrainConfig, fit_batch_to_data
 from training.data.check import check_records
 from training.data.dataset import Record, file_sha256, load_dataset
 
-log = logging.getLogger("intentlm.train")
 
 IGNORE_INDEX = -100
 
@@ -527,6 +524,3 @@ def describe(plan: TrainPlan) -> list[str]:
                  f"{plan.total_steps} optimizer steps")
     return lines
 
-
-def card_summary(card: ModelCard) -> str:
-    return json.dumps({"metrics": card.metrics, "intents": len(card.intents)}, indent=2)
