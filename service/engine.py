@@ -238,9 +238,12 @@ class IntentEngine:
         """Free-form sampling for ``POST /``; temperature 0 is greedy (top_k/top_p then irrelevant)."""
         from vllm import SamplingParams
 
+        # top_k at or above the vocabulary (or -1) means every token: vLLM's 0. Passing a huge value
+        # through would overflow the engine's request serialisation (a 500 found by tests/test_hostile.py).
+        all_tokens = request.top_k == -1 or request.top_k >= len(self.tokenizer)
         return SamplingParams(
             temperature=request.temperature,
-            top_k=request.top_k if request.temperature > 0 else 0,
+            top_k=0 if request.temperature == 0 or all_tokens else request.top_k,
             top_p=request.top_p if request.temperature > 0 else 1.0,
             max_tokens=self._room(prompt_ids, request.max_new_tokens),
             stop_token_ids=self._stop_ids,
