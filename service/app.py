@@ -3,7 +3,10 @@
 The engine loads in a background task so that the process answers ``/health/live`` at once and
 ``/health/ready`` (503) while the model loads, as orchestrators expect; API routes answer 503 with
 ``Retry-After`` until it is ready. A failed load stops the server (``app.state.load_error`` tells
-the CLI to exit non-zero).
+the CLI to exit non-zero). So does an engine that dies later: a watchdog notices within a second,
+API routes and readiness answer 503 meanwhile, and the process exits non-zero so that the
+orchestrator restarts it (vLLM's own server also exits on engine death; a restart reloads cleanly,
+an in-process engine restart would not be simpler or faster).
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from service.routes import WEB_DIR, OrjsonResponse, api, ops
 
 log = logging.getLogger("intentlm.app")
 
+ENGINE_CHECK_INTERVAL_S = 1.0
+
 EngineFactory = Callable[[Settings, Path], Awaitable[Any]]
 
 
@@ -45,6 +50,19 @@ def create_app(settings: Settings, model_dir: Path, engine_factory: EngineFactor
                 log.exception("the engine failed to start")
                 app.state.load_error = exc
                 app.state.on_fatal()
+                return
+            await watch(app.state.engine)
+
+        async def watch(engine: Any) -> None:
+            while True:
+                await asyncio.sleep(ENGINE_CHECK_INTERVAL_S)
+                try:
+                    await engine.check_health()
+                except Exception as exc:  # reported by the CLI, which exits non-zero
+                    log.error("the engine died (%s); stopping so that the server is restarted", exc)
+                    app.state.engine_error = exc
+                    app.state.on_fatal()
+                    return
 
         loader = asyncio.create_task(load())
         try:
@@ -66,6 +84,7 @@ def create_app(settings: Settings, model_dir: Path, engine_factory: EngineFactor
     app.state.engine = None
     app.state.draining = False
     app.state.load_error = None
+    app.state.engine_error = None
     app.state.on_fatal = lambda: None
 
     app.include_router(api)

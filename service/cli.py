@@ -51,7 +51,7 @@ def serve(**flags: Any) -> None:
 
 
 def run_server(settings: Any, model_dir: Path) -> int:
-    """Run until SIGINT/SIGTERM; returns the exit status (1 when the engine failed to load)."""
+    """Run until SIGINT/SIGTERM; returns the exit status (1 when the engine failed to load or died)."""
     import uvicorn
 
     from service.app import create_app
@@ -76,4 +76,4 @@ def run_server(settings: Any, model_dir: Path) -> int:
     server = DrainingServer(config)
     app.state.on_fatal = lambda: setattr(server, "should_exit", True)
     server.run()
-    return 1 if app.state.load_error is not None else 0
+    return 1 if app.state.load_error is not None or app.state.engine_error is not None else 0
