@@ -29,7 +29,11 @@ class EasRequest(BaseModel):
     prompt: Utterance
     system_prompt: Text | None = Field(None, description="Default: the model card's system prompt.")
     history: History = Field(default_factory=list, description="Previous [user, assistant] turns.")
-    top_k: int = Field(1, description="-1 (all tokens) or at least 1.")
+    top_k: int = Field(
+        1,
+        description="-1 (all tokens) or at least 1.",
+        json_schema_extra={"anyOf": [{"const": -1}, {"minimum": 1}]},  # what the validator below enforces
+    )
     top_p: float = Field(0.8, gt=0, le=1)
     temperature: float = Field(0.0, ge=0, le=2, description="0 decodes greedily.")
     max_new_tokens: int = Field(64, ge=1, description="Clamped to the server's cap and the context left.")
