@@ -81,13 +81,22 @@ async def until_disconnect(request: Request, work: Awaitable[T], timeout_s: floa
 
 
 _errors: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (401, 413, 422, 503, 504)
+    code: {"model": ErrorBody} for code in (400, 401, 413, 422, 503, 504)
 }
 api = APIRouter(dependencies=[Depends(require_token)], responses=_errors)
 ops = APIRouter()
 
 
-@api.post("/", response_model=EasResponse, summary="EAS-compatible chat (streams with use_stream_chat)")
+_STREAM = {"schema": {"type": "string", "format": "binary",
+                      "description": "With use_stream_chat: EasResponse objects as JSON, each followed by a NUL byte."}}
+
+
+@api.post(
+    "/",
+    response_model=EasResponse,
+    responses={200: {"content": {"application/octet-stream": _STREAM}}},
+    summary="EAS-compatible chat (streams with use_stream_chat)",
+)
 async def eas(body: EasRequest, request: Request, engine: IntentEngine = Depends(ready_engine)) -> Response:
     ids, params = engine.prepare_chat(body)
     timeout_s = request.app.state.settings.request_timeout_s
