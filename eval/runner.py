@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from service.intents import Call, format_calls, intent_regex
+from service.intents import Call, decoding_regex, format_calls
 from service.modelcard import ModelCard, read_card
 from service.prompt import END_OF_TURN, build_prompt
 
@@ -84,6 +84,7 @@ def predict_with_model(
     intents: Sequence[str] | None = None,
     fallback_intents: Sequence[str] = (),
     system_prompt: str | None = None,
+    args_from_text: bool | None = None,
     max_new_tokens: int = MAX_NEW_TOKENS,
     llm: LLM | None = None,
     progress: bool = True,
@@ -91,7 +92,10 @@ def predict_with_model(
     """Greedy predictions for ``instructions``, in order, from one batched ``generate`` call.
 
     Constrained decoding allows ``intents``, by default the card's, else ``fallback_intents``
-    (with a warning: the evaluator passes the data's). ``system_prompt`` overrides the card's.
+    (with a warning: the evaluator passes the data's), and, when the card says the model copies
+    its arguments from the text, only word spans of each instruction as arguments (the server's
+    per-request grammar, ``service.intents.decoding_regex``). ``system_prompt`` and
+    ``args_from_text`` (None: the card's) override the card's.
     Pass ``llm`` to reuse a loaded engine (it must hold ``model_dir``).
     """
     from vllm import SamplingParams
@@ -99,6 +103,7 @@ def predict_with_model(
     from vllm.sampling_params import StructuredOutputsParams
 
     card = model_card(model_dir)
+    spans = card.args_from_text if args_from_text is None else args_from_text
     allowed = list(card.intents if intents is None else intents)
     if constrained and not allowed and fallback_intents:
         log.warning("%s lists no intents; constraining decoding to the %d given ones", model_dir, len(fallback_intents))
@@ -109,13 +114,18 @@ def predict_with_model(
     llm = llm if llm is not None else load_llm(model_dir)
     tokenizer = llm.get_tokenizer()
     end_of_turn = tokenizer.convert_tokens_to_ids(END_OF_TURN)
-    params = SamplingParams(
-        temperature=0.0,
-        max_tokens=max_new_tokens,
-        logprobs=0,
-        stop_token_ids=[end_of_turn] if isinstance(end_of_turn, int) and end_of_turn != tokenizer.unk_token_id else [],
-        structured_outputs=StructuredOutputsParams(regex=intent_regex(allowed)) if constrained else None,
-    )
+    params = [
+        SamplingParams(
+            temperature=0.0,
+            max_tokens=max_new_tokens,
+            logprobs=0,
+            stop_token_ids=[end_of_turn] if isinstance(end_of_turn, int) and end_of_turn != tokenizer.unk_token_id
+            else [],
+            structured_outputs=StructuredOutputsParams(regex=decoding_regex(
+                allowed, instruction if spans else None)) if constrained else None,
+        )
+        for instruction in instructions
+    ]
     prompts = [
         TokensPrompt(prompt_token_ids=tokenizer.encode(
             build_prompt(

@@ -12,7 +12,10 @@ argument inside a list (``f(a,,b)``) is an error, because no real slot value is 
 constrained decoder must never produce one.
 
 The decoding regex accepts exactly the canonical text of calls to known intents, so whatever a
-constrained decoder emits parses, formats back to itself and names a known intent.
+constrained decoder emits parses, formats back to itself and names a known intent. When a model's
+arguments are copied from the utterance (``args_from_text`` in its card), the per-request regex
+also limits every argument to a word span of that request's text (``text_spans``), so the model
+cannot invent words that are not there.
 """
 
 from __future__ import annotations
@@ -88,13 +91,54 @@ def is_valid_name(name: str) -> bool:
 _ARG_CHAR = r"[^,();]"
 _ARG_EDGE = r"[^,();\s]"
 _ARG_REGEX = rf"{_ARG_EDGE}(?:{_ARG_CHAR}*{_ARG_EDGE})?"
+_ARG_REGEX_FULL = re.compile(_ARG_REGEX)
+_DELIMITERS = re.compile(r"[,();]")
 
 
-def intent_regex(names: Sequence[str], *, max_calls: int | None = None) -> str:
+# A word: letters/digits joined by anything but whitespace and the grammar's delimiters, so
+# "5:30", "o'clock" and "p.m" are one word and "paris?" yields "paris".
+_WORD = re.compile(r"[^\W_](?:[^\s,();]*[^\W_])?")
+MAX_SPAN_WORDS = 12  # the longest argument of the smart-home data is 9 words
+# Characters that are special outside a character class; nothing else is escaped, because
+# decoding-regex engines (xgrammar, outlines) disagree on escapes such as "\ " or "\#".
+_REGEX_SPECIAL = re.compile(r"([\\.^$*+?{}\[\]|()\-])")
+
+
+def text_spans(text: str, *, max_words: int = MAX_SPAN_WORDS) -> list[str]:
+    """Every run of 1..``max_words`` consecutive words of ``text``, as written there (inner spacing kept).
+
+    A span never contains a grammar delimiter (``,();``), so each one is a valid argument.
+    Duplicates are dropped; order is by first occurrence.
+    """
+    words = [m.span() for m in _WORD.finditer(text)]
+    spans: dict[str, None] = {}
+    for i, (start, _) in enumerate(words):
+        for j in range(i, min(i + max_words, len(words))):
+            if j > i and _DELIMITERS.search(text, words[j - 1][1], words[j][0]):
+                break
+            spans[text[start : words[j][1]]] = None
+    return list(spans)
+
+
+def args_are_spans(records: Iterable[tuple[str, Sequence[Call]]]) -> float:
+    """The share of arguments that are word spans of their instruction (1.0 when there are none)."""
+    total = found = 0
+    for instruction, calls in records:
+        spans = set(text_spans(instruction, max_words=len(instruction)))
+        for call in calls:
+            total += len(call.args)
+            found += sum(arg in spans for arg in call.args)
+    return found / total if total else 1.0
+
+
+def intent_regex(
+    names: Sequence[str], *, max_calls: int | None = None, arg_spans: Sequence[str] | None = None
+) -> str:
     """The regex of canonical outputs whose calls all name one of ``names``.
 
     ``max_calls`` bounds the number of ``;``-joined calls (None: unbounded). Names are sorted
-    longest-first so alternation never stops at a prefix of a longer name.
+    longest-first so alternation never stops at a prefix of a longer name. ``arg_spans`` (from
+    ``text_spans``), when given, are the only allowed arguments; an empty list allows no argument.
     """
     if not names:
         raise ValueError("intent_regex needs at least one intent name")
@@ -102,20 +146,73 @@ def intent_regex(names: Sequence[str], *, max_calls: int | None = None) -> str:
     if bad:
         raise ValueError(f"not valid intent names: {bad}")
     alternatives = "|".join(re.escape(n) for n in sorted(set(names), key=lambda n: (-len(n), n)))
-    return _calls_regex(alternatives, max_calls)
+    return _calls_regex(alternatives, max_calls, _arg_regex(arg_spans))
 
 
-def any_intent_regex(*, max_calls: int | None = None) -> str:
+def any_intent_regex(*, max_calls: int | None = None, arg_spans: Sequence[str] | None = None) -> str:
     """The regex of canonical outputs naming any ASCII intent name, for models that list no intents.
 
     ASCII only: decoding-regex engines disagree on Unicode classes, and trained intent names are
     identifiers.
     """
-    return _calls_regex(r"[A-Za-z_][A-Za-z0-9_.\-]*", max_calls)
+    return _calls_regex(r"[A-Za-z_][A-Za-z0-9_.\-]*", max_calls, _arg_regex(arg_spans))
 
 
-def _calls_regex(name: str, max_calls: int | None) -> str:
-    call = rf"(?:{name})\((?:{_ARG_REGEX}(?:,{_ARG_REGEX})*)?\)"
+def decoding_regex(names: Sequence[str], text: str | None = None) -> str:
+    """The constrained-decoding regex for one request, the same for the server and the evaluator.
+
+    ``names``: the model's intents (empty: any ASCII name). ``text``: the request's instruction
+    when the model copies its arguments from the text (card ``args_from_text``), else None.
+    """
+    spans = None if text is None else text_spans(text)
+    return intent_regex(names, arg_spans=spans) if names else any_intent_regex(arg_spans=spans)
+
+
+def _arg_regex(spans: Sequence[str] | None) -> str | None:
+    """Any trimmed argument (None), no argument at all (empty), or exactly one of ``spans``.
+
+    The spans are written as a prefix tree, one alternation per branching point: spans starting at
+    the same word share their prefix, so the regex grows with the text, not with the span count
+    times the span length, and the grammar compiler has fewer states to build.
+    """
+    if spans is None:
+        return _ARG_REGEX
+    bad = [s for s in spans if not s or _ARG_REGEX_FULL.fullmatch(s) is None]
+    if bad:
+        raise ValueError(f"not valid arguments: {bad}")
+    if not spans:
+        return None
+    trie: dict[str, dict] = {}
+    for span in spans:
+        node = trie
+        for ch in span:
+            node = node.setdefault(ch, {})
+        node[""] = {}  # end of a span
+    return _trie_regex(trie)
+
+
+def _trie_regex(node: dict[str, dict]) -> str:
+    """The regex of the strings of a character trie (``""`` marks where one ends)."""
+    optional = "" in node
+    branches = []
+    for ch, child in node.items():
+        if ch == "":
+            continue
+        # follow a chain of single children without nesting groups
+        literal = [ch]
+        while len(child) == 1 and "" not in child:
+            (ch, child), = child.items()
+            literal.append(ch)
+        branches.append(_REGEX_SPECIAL.sub(r"\\\1", "".join(literal)) + _trie_regex(child))
+    if not branches:
+        return ""
+    body = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
+    return f"(?:{body})?" if optional else body
+
+
+def _calls_regex(name: str, max_calls: int | None, arg: str | None) -> str:
+    args = "" if arg is None else rf"(?:{arg}(?:,{arg})*)?"
+    call = rf"(?:{name})\({args}\)"
     repeat = "*" if max_calls is None else f"{{0,{max_calls - 1}}}"
     return rf"{call}(?:;{call}){repeat}"
 

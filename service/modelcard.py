@@ -24,6 +24,9 @@ CARD_FILE = "intentlm.json"
 CARD_FORMAT = 1
 BASE_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEMO_MODEL_NAME = "smarthome-demo"
+# Share of training arguments that must be word spans of their instruction for `args_from_text`:
+# a few annotation slips (a normalised date, a typo fixed) must not switch the constraint off.
+ARGS_FROM_TEXT_SHARE = 0.95
 
 
 class DataInfo(BaseModel):
@@ -44,6 +47,12 @@ class ModelCard(BaseModel):
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     apply_chat_template: bool = True
     intents: list[str] = Field(default_factory=list)
+    # True when training found the arguments to be word spans of their instructions (see
+    # ARGS_FROM_TEXT_SHARE): decoding then allows only spans of the request's text as arguments.
+    args_from_text: bool = False
+    # The calibrated out-of-scope threshold on the intent confidence (`intentlm eval --calibrate`);
+    # the server's default when INTENTLM_OOS_THRESHOLD is unset. None: not calibrated.
+    oos_threshold: float | None = Field(None, ge=0, le=1)
     train_config: dict[str, Any] = Field(default_factory=dict)
     data: DataInfo | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)

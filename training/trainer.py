@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.modelcard import DataInfo, ModelCard, atomic_directory, read_card, write_card
+from service.intents import args_are_spans
+from service.modelcard import ARGS_FROM_TEXT_SHARE, DataInfo, ModelCard, atomic_directory, read_card, write_card
 from service.prompt import END_OF_TURN, build_prompt, build_target
 from training.config import TrainConfig, fit_batch_to_data
 from training.data.check import check_records
@@ -385,6 +386,7 @@ def train(plan: TrainPlan, *, resume: bool = False, tensorboard_dir: Path | None
         system_prompt=config.system_prompt,
         apply_chat_template=config.apply_chat_template,
         intents=plan.intents,
+        args_from_text=args_from_text(plan.records),
         train_config={**config.model_dump(), "mode": config.mode, "global_batch": plan.global_batch},
         data=DataInfo(file=str(plan.data_file.resolve()), sha256=file_sha256(plan.data_file),
                       records=len(plan.records)),
@@ -404,6 +406,11 @@ def train(plan: TrainPlan, *, resume: bool = False, tensorboard_dir: Path | None
             shutil.copytree(tb_dir, tmp / "tensorboard")
     shutil.rmtree(run_dir, ignore_errors=True)
     return card
+
+
+def args_from_text(records: list[Record]) -> bool:
+    """Whether the data's arguments are copied from the instructions (then decoding may only copy)."""
+    return args_are_spans((r.instruction, r.calls()) for r in records) >= ARGS_FROM_TEXT_SHARE
 
 
 def base_model_name(base_model: Path) -> str:

@@ -1,0 +1,96 @@
+"""The per-request grammar: arguments limited to word spans of the utterance (``args_from_text``)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import MULTI_TEST_FILE, TEST_FILE, TRAIN_FILE
+from service.intents import (
+    MAX_SPAN_WORDS,
+    Call,
+    args_are_spans,
+    decoding_regex,
+    format_calls,
+    intent_regex,
+    parse,
+    text_spans,
+    try_parse,
+)
+
+NAMES = ["play_music", "alarm_set", "alarm", "a.b-c"]
+# Words with the characters regex engines treat specially, delimiters, unicode and odd spacing.
+piece_st = st.sampled_from(
+    ["wake", "me", "at", "5:30", "a.m.", "o'clock", "paris?", "(now)", "x,y", ";", "$1.50", "c++", "[a]", "{2}",
+     "a|b", "back\\slash", "^up", "-", "天气", "café", "_", "é"]
+)
+text_st = st.lists(st.tuples(piece_st, st.sampled_from([" ", "  ", ", ", "\t", " - "])), max_size=10).map(
+    lambda parts: "".join(p + sep for p, sep in parts).strip()
+)
+
+
+@given(text_st)
+def test_spans_are_valid_arguments_taken_from_the_text(text: str) -> None:
+    for span in text_spans(text):
+        assert span in text
+        assert parse(f"f({span})") == [Call("f", (span,))]  # trimmed, no delimiter
+        assert len(span.split()) <= MAX_SPAN_WORDS
+
+
+@settings(max_examples=200)
+@given(text_st, st.data())
+def test_regex_accepts_exactly_calls_whose_arguments_are_spans(text: str, data: st.DataObject) -> None:
+    spans = text_spans(text)
+    regex = intent_regex(NAMES, arg_spans=spans)
+    arg_st = st.sampled_from(spans) | st.sampled_from(["wake me", "me at", "paris?", "x", "a.m.", "5:30 a.m"]) \
+        if spans else st.sampled_from(["x", "wake"])
+    calls = data.draw(st.lists(st.builds(Call, st.sampled_from([*NAMES, "play"]),
+                                         st.lists(arg_st, max_size=3).map(tuple)), min_size=1, max_size=3))
+    output = format_calls(calls)
+    expected = try_parse(output) == calls and all(
+        c.name in NAMES and all(a in spans for a in c.args) for c in calls
+    )
+    assert (re.fullmatch(regex, output) is not None) == expected
+
+
+@pytest.mark.parametrize("path", [TRAIN_FILE, TEST_FILE, MULTI_TEST_FILE])
+def test_every_real_answer_fits_its_own_grammar(path) -> None:
+    records = json.loads(path.read_text())
+    names = sorted({c.name for r in records for c in parse(r["output"])})
+    assert args_are_spans((r["instruction"], parse(r["output"])) for r in records) == 1.0
+    for r in records:
+        assert re.fullmatch(decoding_regex(names, r["instruction"]), r["output"]), r
+
+
+def test_args_are_spans_counts_invented_words() -> None:
+    records = [("wake me at five", [Call("alarm_set", ("five",))]),
+               ("wake me at five", [Call("alarm_set", ("5",), )]),
+               ("lights off", [Call("iot_hue_lightoff")])]
+    assert args_are_spans(records) == 0.5
+    assert args_are_spans([]) == 1.0
+
+
+def test_decoding_regex_without_text_or_names() -> None:
+    assert decoding_regex(NAMES) == intent_regex(NAMES)
+    assert re.fullmatch(decoding_regex([], "turn off the lights"), "anything(the lights)")
+    assert not re.fullmatch(decoding_regex([], "turn off the lights"), "anything(lamp)")
+    assert re.fullmatch(decoding_regex(NAMES, "?!"), "alarm()")  # no words: no argument possible
+    assert not re.fullmatch(decoding_regex(NAMES, "?!"), "alarm(?!)")
+
+
+@settings(max_examples=30, deadline=None)
+@given(text_st)
+def test_xgrammar_compiles_it_and_agrees(text: str) -> None:
+    """vLLM's grammar engine must accept the escaping and the same strings as Python's re."""
+    xgr = pytest.importorskip("xgrammar")
+    from xgrammar.testing import _is_grammar_accept_string
+
+    regex = decoding_regex(NAMES, text)
+    grammar = xgr.Grammar.from_regex(regex)
+    for span in text_spans(text)[:5]:
+        assert _is_grammar_accept_string(grammar, f"alarm({span})")
+    assert not _is_grammar_accept_string(grammar, "alarm(invented)")
