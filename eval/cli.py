@@ -36,6 +36,10 @@ if TYPE_CHECKING:
 @click.option("--system-prompt", help="Override the model card's system prompt.")
 @click.option("--oos-label", default=DEFAULT_OOS_LABEL, show_default=True,
               help="Intent name of out-of-scope records (for out-of-scope recall).")
+@click.option("--calibrate", is_flag=True,
+              help="--model only: on this held-out IN-SCOPE data (the validation split), choose the out-of-scope "
+                   "confidence threshold keeping 99 % of the in-scope accuracy and write it into the model's "
+                   "intentlm.json (the server's default threshold).")
 @click.option("--limit", type=click.IntRange(1), help="Evaluate only the first N records.")
 @click.option("--compare", nargs=2, type=click.Path(path_type=Path, exists=True, dir_okay=False),
               metavar="A/metrics.json B/metrics.json", help="Show two earlier runs side by side instead.")
@@ -50,6 +54,7 @@ def eval_command(
     concurrency: int,
     system_prompt: str | None,
     oos_label: str,
+    calibrate: bool,
     limit: int | None,
     compare: tuple[Path, Path] | None,
 ) -> None:
@@ -79,6 +84,8 @@ def eval_command(
         raise click.UsageError("give exactly one of --model DIR or --url URL (or --compare A B)")
     if data_file is None:
         raise click.UsageError("--data FILE is required")
+    if calibrate and (model_dir is None or free_form):
+        raise click.UsageError("--calibrate needs --model DIR and constrained decoding")
 
     from eval.metrics import compute_metrics, score_record
     from training.data.dataset import DatasetError, file_sha256, load_dataset
@@ -95,8 +102,15 @@ def eval_command(
     golds = [r.output for r in records]
 
     start = time.perf_counter()
+    threshold = None
+    if model_dir is not None and not free_form:
+        from eval.runner import model_card
+
+        # Calibration looks at the raw confidences; an evaluation applies the card's threshold, as the server does.
+        threshold = 0.0 if calibrate else model_card(model_dir).oos_threshold
     predictions = _predict(model_dir, url, records, free_form=free_form, api=api, token=token,
-                           concurrency=concurrency, system_prompt=system_prompt)
+                           concurrency=concurrency, system_prompt=system_prompt, oos_label=oos_label,
+                           oos_threshold=threshold)
     wall_s = time.perf_counter() - start
 
     latencies = [p.latency_ms for p in predictions if p.latency_ms is not None]
@@ -113,14 +127,43 @@ def eval_command(
             constrained=constrained,
             wall_s=round(wall_s, 3),
             created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            oos_label=oos_label,
+            oos_threshold=threshold or None,
         ),
         metrics=metrics,
     )
+    scores = [score_record(g, p.text) for g, p in zip(golds, predictions)]
+    rows = report.prediction_rows(instructions, golds, predictions, scores)
+    if calibrate:
+        result.run.oos_threshold = _calibrate(model_dir, rows, oos_label, data_file)  # type: ignore[arg-type]
     click.echo(report.console_report(result))
     if report_dir is not None:
-        scores = [score_record(g, p.text) for g, p in zip(golds, predictions)]
-        out = report.write_report(report_dir, result, report.prediction_rows(instructions, golds, predictions, scores))
+        out = report.write_report(report_dir, result, rows)
         click.echo(f"\nreport: {out / 'report.html'}")
+
+
+def _calibrate(model_dir: Path, rows: list[dict], oos_label: str, data_file: Path) -> float:
+    """Choose the out-of-scope threshold on in-scope rows and write it into the model's card."""
+    from eval.calibration import KEEP, accuracy_at, choose_threshold, expected_calibration_error, from_rows
+    from eval.runner import model_card
+    from service.modelcard import write_card
+
+    c = from_rows(rows, oos_label)
+    if c is None or not c.in_scope:
+        raise click.ClickException(f"{data_file}: no in-scope record with a confidence to calibrate on")
+    threshold = choose_threshold(c.in_scope, c.in_scope_correct)
+    card = model_card(model_dir)
+    card.oos_threshold = threshold
+    card.metrics["calibration"] = {
+        "data": str(data_file), "records": len(c.in_scope), "keep": KEEP,
+        "in_scope_accuracy": round(accuracy_at(0.0, c.in_scope, c.in_scope_correct), 4),
+        "in_scope_accuracy_at_threshold": round(accuracy_at(threshold, c.in_scope, c.in_scope_correct), 4),
+        "ece": round(expected_calibration_error(c.in_scope, c.in_scope_correct), 4),
+    }
+    write_card(model_dir, card)
+    click.echo(f"calibrated: oos_threshold = {threshold:.6f} written to {model_dir / 'intentlm.json'} "
+               f"({card.metrics['calibration']})")
+    return threshold
 
 
 def _predict(
@@ -133,6 +176,8 @@ def _predict(
     token: str | None,
     concurrency: int,
     system_prompt: str | None,
+    oos_label: str,
+    oos_threshold: float | None,
 ) -> list[Prediction]:
     """Run the chosen predictor; its failures become one clear line, not a traceback."""
     from eval.runner import RunnerError, predict_with_model, predict_with_url
@@ -146,6 +191,6 @@ def _predict(
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         return predict_with_model(model_dir, [r.instruction for r in records], constrained=not free_form,
                                   fallback_intents=sorted({c.name for r in records for c in r.calls()}),
-                                  system_prompt=system_prompt)
+                                  system_prompt=system_prompt, oos_label=oos_label, oos_threshold=oos_threshold)
     except RunnerError as exc:
         raise click.ClickException(str(exc)) from None

@@ -36,6 +36,8 @@ class RunInfo(BaseModel):
     constrained: bool
     wall_s: float
     created_at: str
+    oos_label: str = "oos"
+    oos_threshold: float | None = None  # the confidence threshold applied (None: none)
 
 
 class EvalResult(BaseModel):
@@ -178,7 +180,26 @@ def markdown_report(result: EvalResult, rows: Sequence[dict[str, Any]]) -> str:
             [[r["instruction"], f"`{r['gold']}`", f"`{r['raw']}`", _confidence(r)] for r in errors],
             markdown=True,
         )]
+    parts += _calibration_section(result, rows, markdown=True)
     return "\n\n".join(parts) + "\n"
+
+
+def _calibration_section(result: EvalResult, rows: Sequence[dict[str, Any]], *, markdown: bool) -> list[str]:
+    """ECE, the threshold and the reliability / trade-off figure, when the run has confidences."""
+    from eval.calibration import calibration_png, expected_calibration_error, from_rows
+
+    c = from_rows(rows, result.run.oos_label)
+    if c is None or not c.in_scope:
+        return []
+    threshold = result.run.oos_threshold
+    text = (f"Expected calibration error of the intent confidence on the {len(c.in_scope)} in-scope records: "
+            f"{expected_calibration_error(c.in_scope, c.in_scope_correct):.3f}; out-of-scope threshold: "
+            f"{'none' if not threshold else f'{threshold:.4f}'}.")
+    if markdown:
+        return ["## Confidence and out-of-scope", text, "![reliability and trade-off](calibration.png)"]
+    png = base64.b64encode(calibration_png(c, threshold)).decode()
+    return [f"<h2>Confidence and out-of-scope</h2><p>{html.escape(text)}</p>"
+            f"<img alt='reliability diagram and trade-off' src='data:image/png;base64,{png}'>"]
 
 
 def _confidence(row: dict[str, Any]) -> str:
@@ -218,6 +239,7 @@ def html_report(result: EvalResult, rows: Sequence[dict[str, Any]], png: bytes) 
             ["utterance", "gold", "answer", "confidence"],
             [[r["instruction"], r["gold"], r["raw"], _confidence(r)] for r in errors],
         ))
+    sections += _calibration_section(result, rows, markdown=False)
     style = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}"
              "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
              "text-align:left;font-size:14px}th{background:#f3f3f3}img{max-width:100%}")
@@ -279,11 +301,17 @@ def confusion_png(metrics: Metrics) -> bytes:
 
 
 def write_report(out_dir: str | os.PathLike[str], result: EvalResult, rows: Sequence[dict[str, Any]]) -> Path:
-    """Write every report file into ``out_dir`` (created if needed)."""
+    """Write every report file into ``out_dir`` (created if needed); ``calibration.png`` when the
+    predictions carry confidences."""
+    from eval.calibration import calibration_png, from_rows
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     png = confusion_png(result.metrics)
     atomic_write_bytes(out / "confusion.png", png)
+    confidences = from_rows(rows, result.run.oos_label)
+    if confidences is not None:
+        atomic_write_bytes(out / "calibration.png", calibration_png(confidences, result.run.oos_threshold))
     atomic_write_bytes(out / "metrics.json", result.model_dump_json(indent=2).encode() + b"\n")
     atomic_write_bytes(out / "predictions.jsonl", b"".join(orjson.dumps(r) + b"\n" for r in rows))
     atomic_write_bytes(out / "report.md", markdown_report(result, rows).encode())

@@ -18,7 +18,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -85,6 +85,8 @@ def predict_with_model(
     fallback_intents: Sequence[str] = (),
     system_prompt: str | None = None,
     args_from_text: bool | None = None,
+    oos_threshold: float | None = None,
+    oos_label: str = "oos",
     max_new_tokens: int = MAX_NEW_TOKENS,
     llm: LLM | None = None,
     progress: bool = True,
@@ -95,7 +97,9 @@ def predict_with_model(
     (with a warning: the evaluator passes the data's), and, when the card says the model copies
     its arguments from the text, only word spans of each instruction as arguments (the server's
     per-request grammar, ``service.intents.decoding_regex``). ``system_prompt`` and
-    ``args_from_text`` (None: the card's) override the card's.
+    ``args_from_text`` (None: the card's) override the card's; so does ``oos_threshold`` (None: the
+    card's calibrated one, else 0 = off): an answer less confident than it becomes ``oos_label()``,
+    as the server answers (``raw`` keeps what the model wrote).
     Pass ``llm`` to reuse a loaded engine (it must hold ``model_dir``).
     """
     from vllm import SamplingParams
@@ -104,6 +108,7 @@ def predict_with_model(
 
     card = model_card(model_dir)
     spans = card.args_from_text if args_from_text is None else args_from_text
+    threshold = (card.oos_threshold or 0.0) if oos_threshold is None else oos_threshold
     allowed = list(card.intents if intents is None else intents)
     if constrained and not allowed and fallback_intents:
         log.warning("%s lists no intents; constraining decoding to the %d given ones", model_dir, len(fallback_intents))
@@ -139,7 +144,11 @@ def predict_with_model(
         for instruction in instructions
     ]
     outputs = llm.generate(prompts, params, use_tqdm=progress)
-    return [_from_output(out, tokenizer) for out in outputs]
+    predictions = [_from_output(out, tokenizer) for out in outputs]
+    return [
+        replace(p, text=f"{oos_label}()") if p.confidence is not None and p.confidence < threshold else p
+        for p in predictions
+    ]
 
 
 def _from_output(out: Any, tokenizer: Any) -> Prediction:

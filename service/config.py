@@ -47,7 +47,11 @@ class Settings(BaseSettings):
     )
     intent_max_tokens: int = Field(64, ge=1, description="Answer budget of /v1/intents.")
     oos_label: str = Field("oos", description="Intent returned when confidence is below oos_threshold.")
-    oos_threshold: float = Field(0.0, ge=0, le=1, description="0 disables the out-of-scope fallback.")
+    oos_threshold: float | None = Field(
+        None, ge=0, le=1,
+        description="Below this confidence the answer is out-of-scope; unset: the model card's calibrated "
+        "threshold (`intentlm eval --calibrate`), else 0 = off.",
+    )
 
     # CPU: the KV cache vLLM reserves, in GiB (VLLM_CPU_KVCACHE_SPACE), when the variable is unset.
     cpu_kvcache_gib: int = Field(1, ge=1)

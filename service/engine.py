@@ -130,6 +130,9 @@ class IntentEngine:
         self._free_intent_params.structured_outputs = None
         self._kinds = RequestOutputKind
         self._known_intents = set(card.intents) | {settings.oos_label}
+        # The operator's threshold, else the one calibrated into the card, else off.
+        configured = settings.oos_threshold
+        self.oos_threshold = configured if configured is not None else card.oos_threshold or 0.0
         metrics.MODEL_INFO.info(
             {
                 "name": model_dir.name,
@@ -313,7 +316,7 @@ class IntentEngine:
             calls = []
         confidence = intent_confidence(generation.token_ids, generation.logprobs, self.tokenizer)
         intents = [IntentCall(name=c.name, args=list(c.args)) for c in calls]
-        if calls and confidence < self.settings.oos_threshold:
+        if calls and confidence < self.oos_threshold:
             intents = [IntentCall(name=self.settings.oos_label, args=[])]
         if route != "warmup":
             for call in intents:

@@ -38,8 +38,8 @@ def _random_run(n_intents: int, records: int, seed: int, *, source: str = "model
 def test_report_files(tmp_path: Path) -> None:
     result, rows = _random_run(12, 200, seed=1)
     out = write_report(tmp_path / "out", result, rows)
-    assert sorted(p.name for p in out.iterdir()) == [
-        "confusion.png", "metrics.json", "predictions.jsonl", "report.html", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == [  # calibration.png: the predictions have confidences
+        "calibration.png", "confusion.png", "metrics.json", "predictions.jsonl", "report.html", "report.md"]
     png = (out / "confusion.png").read_bytes()
     assert png.startswith(PNG_SIGNATURE)
     assert matplotlib.image.imread(out / "confusion.png").ndim == 3

@@ -1,0 +1,138 @@
+"""Confidence calibration and out-of-scope rejection: the threshold, the reliability diagram, ECE.
+
+The confidence is the server's (``service.engine.intent_confidence``: the probability of the intent
+name tokens). A record is rejected as out-of-scope when its confidence is below the threshold,
+exactly as the server does. ``choose_threshold`` picks it on held-out IN-SCOPE data (the validation
+split): the highest threshold that keeps ``KEEP`` of the in-scope accuracy, because out-of-scope
+examples of a deployment are unknown in advance while the in-scope cost is what users feel.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+KEEP = 0.99  # keep ≥ 99 % of the in-scope accuracy (≈ 1 point at 95 %): issue 7's cost budget
+BINS = 10
+
+
+@dataclass(frozen=True)
+class Bin:
+    low: float
+    high: float
+    count: int
+    confidence: float  # mean confidence in the bin
+    accuracy: float
+
+
+def accuracy_at(threshold: float, confidences: Sequence[float], correct: Sequence[bool]) -> float:
+    """In-scope accuracy when records below ``threshold`` are answered out-of-scope (counted wrong)."""
+    return sum(ok and c >= threshold for c, ok in zip(confidences, correct)) / len(correct)
+
+
+def choose_threshold(confidences: Sequence[float], correct: Sequence[bool], keep: float = KEEP) -> float:
+    """The highest threshold whose in-scope accuracy stays ≥ ``keep`` × the accuracy without one."""
+    if not confidences:
+        raise ValueError("no confidences to calibrate on")
+    target = keep * accuracy_at(0.0, confidences, correct)
+    best = 0.0
+    for threshold in sorted(set(confidences)):
+        if accuracy_at(threshold, confidences, correct) < target:
+            break
+        best = threshold
+    return best
+
+
+def reliability(confidences: Sequence[float], correct: Sequence[bool], bins: int = BINS) -> list[Bin]:
+    """Equal-width confidence bins with their mean confidence and accuracy (empty bins left out)."""
+    out = []
+    for i in range(bins):
+        low, high = i / bins, (i + 1) / bins
+        members = [(c, ok) for c, ok in zip(confidences, correct) if low <= c < high or (i == bins - 1 and c == 1.0)]
+        if members:
+            out.append(Bin(low, high, len(members), sum(c for c, _ in members) / len(members),
+                           sum(ok for _, ok in members) / len(members)))
+    return out
+
+
+def expected_calibration_error(confidences: Sequence[float], correct: Sequence[bool], bins: int = BINS) -> float:
+    """ECE: the count-weighted mean gap between confidence and accuracy over the bins."""
+    return sum(b.count * abs(b.confidence - b.accuracy) for b in reliability(confidences, correct, bins)) / len(
+        confidences
+    )
+
+
+def tradeoff(
+    in_conf: Sequence[float], in_correct: Sequence[bool], oos_conf: Sequence[float], steps: int = 101
+) -> list[tuple[float, float, float | None]]:
+    """(threshold, in-scope accuracy, out-of-scope recall) over thresholds 0..1."""
+    rows = []
+    for i in range(steps):
+        t = i / (steps - 1)
+        recall = sum(c < t for c in oos_conf) / len(oos_conf) if oos_conf else None
+        rows.append((t, accuracy_at(t, in_conf, in_correct) if in_conf else 0.0, recall))
+    return rows
+
+
+@dataclass(frozen=True)
+class Confidences:
+    """What the calibration figures need from a run's prediction rows (``predictions.jsonl``)."""
+
+    in_scope: list[float]
+    in_scope_correct: list[bool]  # the model's own answer (before any threshold) names the gold intent
+    out_of_scope: list[float]
+
+
+def from_rows(rows: Sequence[dict[str, Any]], oos_label: str) -> Confidences | None:
+    """Split the rows into in-scope (with correctness of the raw answer) and out-of-scope confidences."""
+    from eval.metrics import score_record
+
+    scored = [r for r in rows if r.get("confidence") is not None]
+    if not scored:
+        return None
+    inside = [r for r in scored if r["gold_intent"] != oos_label]
+    return Confidences(
+        in_scope=[r["confidence"] for r in inside],
+        in_scope_correct=[score_record(r["gold"], r["raw"]).intent_correct for r in inside],
+        out_of_scope=[r["confidence"] for r in scored if r["gold_intent"] == oos_label],
+    )
+
+
+def calibration_png(c: Confidences, threshold: float | None = None) -> bytes:
+    """Reliability diagram (with ECE) beside the in-scope / out-of-scope trade-off over the threshold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    if c.in_scope:
+        bins = reliability(c.in_scope, c.in_scope_correct)
+        ece = expected_calibration_error(c.in_scope, c.in_scope_correct)
+        left.bar([b.low for b in bins], [b.accuracy for b in bins], width=1 / BINS, align="edge",
+                 edgecolor="black", alpha=0.7, label="accuracy")
+        left.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
+        for b in bins:
+            left.annotate(str(b.count), (b.low + 0.5 / BINS, b.accuracy), ha="center", va="bottom", fontsize=8)
+        left.set_title(f"Reliability (in-scope, n={len(c.in_scope)}), ECE = {ece:.3f}")
+        left.set_xlabel("confidence (intent-name probability)")
+        left.set_ylabel("intent accuracy")
+        left.legend(loc="upper left")
+    curve = tradeoff(c.in_scope, c.in_scope_correct, c.out_of_scope)
+    ts = [t for t, _, _ in curve]
+    right.plot(ts, [a for _, a, _ in curve], label="in-scope accuracy")
+    if c.out_of_scope:
+        right.plot(ts, [r for _, _, r in curve], label=f"out-of-scope recall (n={len(c.out_of_scope)})")
+    if threshold is not None:
+        right.axvline(threshold, color="red", linestyle=":", label=f"threshold {threshold:.3f}")
+    right.set_title("Out-of-scope threshold trade-off")
+    right.set_xlabel("threshold (answers below it become out-of-scope)")
+    right.set_ylim(0, 1.02)
+    right.legend(loc="lower left")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return buffer.getvalue()

@@ -1,0 +1,66 @@
+"""eval.calibration: the out-of-scope threshold, ECE, the report figure, and `intentlm eval --calibrate` rules."""
+
+from __future__ import annotations
+
+from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
+
+from eval.calibration import (
+    Confidences,
+    accuracy_at,
+    calibration_png,
+    choose_threshold,
+    expected_calibration_error,
+    from_rows,
+    reliability,
+)
+from eval.cli import eval_command
+
+runs_st = st.lists(st.tuples(st.floats(0, 1), st.booleans()), min_size=1, max_size=60)
+
+
+@given(runs_st)
+def test_threshold_keeps_99_percent_and_is_the_highest_such(run: list[tuple[float, bool]]) -> None:
+    conf, ok = [c for c, _ in run], [k for _, k in run]
+    t = choose_threshold(conf, ok)
+    base = accuracy_at(0.0, conf, ok)
+    assert accuracy_at(t, conf, ok) >= 0.99 * base
+    higher = sorted(c for c in set(conf) if c > t)
+    assert not higher or accuracy_at(higher[0], conf, ok) < 0.99 * base
+
+
+def test_threshold_rejects_the_unsure_when_they_are_wrong() -> None:
+    conf = [0.99] * 95 + [0.2, 0.3, 0.4, 0.5, 0.6]
+    ok = [True] * 95 + [False] * 5
+    assert choose_threshold(conf, ok) == 0.99  # every wrong answer is below every right one
+
+
+@given(runs_st)
+def test_ece_is_between_0_and_1_and_zero_when_calibrated(run: list[tuple[float, bool]]) -> None:
+    conf, ok = [c for c, _ in run], [k for _, k in run]
+    assert 0.0 <= expected_calibration_error(conf, ok) <= 1.0
+    assert sum(b.count for b in reliability(conf, ok)) == len(conf)
+    assert expected_calibration_error([1.0] * 4, [True] * 4) == 0.0
+
+
+def test_rows_split_in_and_out_of_scope_on_the_raw_answer() -> None:
+    rows = [
+        {"gold": "a(x)", "raw": "a(y)", "gold_intent": "a", "confidence": 0.9},
+        {"gold": "a()", "raw": "b()", "gold_intent": "a", "confidence": 0.4},
+        {"gold": "oos()", "raw": "a()", "gold_intent": "oos", "confidence": 0.3},
+    ]
+    c = from_rows(rows, "oos")
+    assert c == Confidences(in_scope=[0.9, 0.4], in_scope_correct=[True, False], out_of_scope=[0.3])
+    assert from_rows([{**rows[0], "confidence": None}], "oos") is None
+    png = calibration_png(c, threshold=0.5)
+    assert png.startswith(b"\x89PNG")
+
+
+def test_calibrate_needs_a_model_and_constrained_decoding(tmp_path) -> None:
+    data = tmp_path / "d.json"
+    data.write_text('[{"instruction": "x", "output": "a()"}]')
+    for args in (["--url", "http://127.0.0.1:9", "--data", str(data), "--calibrate"],
+                 ["--model", str(tmp_path), "--data", str(data), "--calibrate", "--free-form"]):
+        result = CliRunner().invoke(eval_command, args)
+        assert result.exit_code == 2 and "--calibrate needs --model" in result.output
