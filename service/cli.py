@@ -23,7 +23,8 @@ import click
 @click.option("--request-timeout", "request_timeout_s", type=float, help="Seconds before 504 [30].")
 @click.option("--max-new-tokens-cap", type=int, help="Upper bound on any request's max_new_tokens [256].")
 @click.option("--intent-max-tokens", type=int, help="Answer budget of /v1/intents in tokens [64].")
-@click.option("--oos-threshold", type=float, help="Confidence below which /v1/intents answers oos() [0: off].")
+@click.option("--oos-threshold", type=float,
+              help="Confidence below which /v1/intents answers oos() [default: the card's calibrated one, else 0: off].")
 @click.option("--dtype", help="Weights dtype for vLLM [auto].")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="[info]")
 def serve(**flags: Any) -> None:
