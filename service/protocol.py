@@ -57,7 +57,16 @@ class EasResponse(BaseModel):
 class IntentsRequest(BaseModel):
     """``POST /v1/intents``: one ``text`` or a batch of ``texts`` (sharing history and system prompt)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        # Exactly one of text/texts, as ``utterances`` enforces: stated so that schema-driven clients know.
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["text"], "properties": {"text": {"type": "string"}}},
+                {"required": ["texts"], "properties": {"texts": {"type": "array"}}},
+            ]
+        },
+    )
 
     text: Utterance | None = None
     texts: Annotated[list[Utterance], Field(min_length=1, max_length=MAX_BATCH)] | None = None
