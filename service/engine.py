@@ -74,7 +74,11 @@ class Admission:
         self.admitted = 0
 
     def check(self, n: int) -> None:
-        """Refuse (503, retryable) when ``n`` more generations would pass the bound."""
+        """Refuse (503, retryable) when ``n`` more generations would pass the bound; 422 when they never fit."""
+        if n > self.limit:  # retrying could never help: not a 503
+            raise ServiceError(
+                422, "batch_too_large", f"{n} texts are more than this server admits at once ({self.limit})", field="texts"
+            )
         if self.admitted + n > self.limit:
             raise ServiceError(
                 503, "overloaded", f"server is at capacity ({self.limit} requests); retry shortly", retry_after=1
