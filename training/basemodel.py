@@ -14,6 +14,7 @@ from pathlib import Path
 
 from service.modelcard import (
     BASE_MODEL_NAME,
+    CARD_FILE,
     ModelCard,
     atomic_directory,
     base_model_dir,
@@ -84,7 +85,8 @@ def prepare_base_model(target: Path | None = None, *, force: bool = False) -> Pa
 def prepare_demo_model(base: Path | None = None, target: Path | None = None, *, force: bool = False) -> Path:
     """Merge the bundled demo adapter into the base model: a ready smart-home intent model at ``target``.
 
-    Idempotent (the card records the adapter's hash; a changed adapter is merged again) and atomic.
+    Idempotent (the card records the hash of the adapter and its card together: a changed adapter
+    is merged again, and a recalibrated card reaches the served model) and atomic.
     """
     from training.data.dataset import file_sha256
 
@@ -94,6 +96,8 @@ def prepare_demo_model(base: Path | None = None, target: Path | None = None, *, 
     if not adapter.is_file():
         raise BaseModelError(f"{adapter} is missing: the demo adapter is part of the intentlm package")
     digest = file_sha256(adapter)
+    if (DEMO_DIR / CARD_FILE).is_file():
+        digest += "+" + file_sha256(DEMO_DIR / CARD_FILE)[:16]
     existing = read_card(target) if is_prepared(target) else None
     if existing is not None and getattr(existing, "adapter_sha256", None) == digest and not force:
         return target
@@ -136,7 +140,6 @@ def model_info(model_dir: Path) -> dict[str, object]:
         "chat_template": _has_chat_template(model_dir),
         "intentlm": card.model_dump(mode="json") if card else None,
     }
-
 
 
 def _has_chat_template(model_dir: Path) -> bool:
