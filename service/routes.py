@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from service import metrics
 from service.engine import IntentEngine, ServiceError
@@ -164,7 +164,7 @@ async def ready(request: Request) -> Response:
     return OrjsonResponse({"status": "ready", "model": str(engine.model_dir)})
 
 
-@ops.get("/metrics", summary="Prometheus metrics")
+@ops.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
 async def prometheus() -> Response:
     payload, content_type = metrics.exposition()
     return Response(payload, media_type=content_type)
