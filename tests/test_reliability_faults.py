@@ -1,5 +1,6 @@
 """Faults on a server of its own (small admission limit, no token): overload answered quickly and
-recovered from, slow and vanishing clients freeing their slots, and last the engine killed under load (fast 503s, then the process exits 1 for its orchestrator).
+recovered from, slow and vanishing clients freeing their slots, the schema holding with auth off
+(this server has no token), and last the engine killed under load (fast 503s, then the process exits 1 for its orchestrator).
 
 Tests run in file order on one server; the engine kill comes last because it ends the server.
 """
@@ -17,6 +18,7 @@ import httpx
 import psutil
 import pytest
 from conftest import LiveServer, start_server
+from test_hostile import run_schemathesis
 from test_server import metric
 
 pytestmark = pytest.mark.engine
@@ -117,6 +119,16 @@ def test_slow_reader_and_stalled_sender_do_not_hold_slots(server) -> None:
             assert gauges(server) == 0
             assert client.post("/v1/intents", json={"text": "play some jazz"}).status_code == 200
     wait_until(lambda: gauges(server) == 0, 5, "a slot leaked")
+
+
+def test_schemathesis_with_auth_off(server) -> None:
+    run_schemathesis(server.url, {}, max_examples=10)
+
+
+def test_a_batch_that_can_never_fit_is_422_not_503(server) -> None:
+    reply = httpx.post(f"{server.url}/v1/intents", json={"texts": ["a"] * (MAX_IN_FLIGHT + MAX_QUEUED + 1)})
+    assert reply.status_code == 422 and reply.json()["error"] == {
+        "code": "batch_too_large", "field": "texts", "message": reply.json()["error"]["message"]}
 
 
 def engine_cores(server: LiveServer) -> list[psutil.Process]:
