@@ -341,24 +341,28 @@ def _chosen_logprobs(token_ids: Sequence[int], logprobs: Any) -> list[float]:
 
 
 def intent_confidence(token_ids: Sequence[int], logprobs: Sequence[float], tokenizer: Any) -> float:
-    """The probability the model gives to the intent names it wrote: the product over their tokens.
+    """The probability the model gives to the intent names it wrote, for its least sure call.
 
-    Only the tokens that spell names (up to each call's '(') count: the decision "which intent" is
-    what out-of-scope detection needs, while argument tokens (free text copied from the utterance)
-    would make long slots look uncertain. The log-probabilities are the model's raw ones, before
-    the grammar mask, so a model that wanted to say something else shows low confidence.
+    Each call's confidence is the product over the tokens that spell its name (up to its '('): the
+    decision "which intent" is what out-of-scope detection needs, while argument tokens (free text
+    copied from the utterance) would make long slots look uncertain. The reply's confidence is the
+    minimum over its calls, so a two-intent answer is not penalised for being two decisions (a
+    product over all names rejected sure multi-intent answers as out of scope). The
+    log-probabilities are the model's raw ones, before the grammar mask, so a model that wanted to
+    say something else shows low confidence.
     """
     if not logprobs:
         return 0.0
-    total = 0.0
+    calls: list[float] = [0.0]
     in_name = True
     for token, logprob in zip(token_ids, logprobs):
         piece = tokenizer.decode([token])
         if in_name:
-            total += logprob
+            calls[-1] += logprob
         for ch in piece:
             if ch == "(":
                 in_name = False
             elif ch == ";":
                 in_name = True
-    return math.exp(total)
+                calls.append(0.0)
+    return math.exp(min(calls))

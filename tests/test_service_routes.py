@@ -196,14 +196,16 @@ class PieceTokenizer:
         return "".join(self.pieces[i] for i in ids)
 
 
-def test_confidence_counts_only_intent_name_tokens() -> None:
+def test_confidence_counts_only_intent_name_tokens_of_the_least_sure_call() -> None:
     pieces = ["alarm", "_set", "(", "7", " am", ")", ";", "iot", "()", "<|im_end|>"]
     tokenizer = PieceTokenizer(pieces)
     ids = list(range(len(pieces)))
     logprobs = [math.log(0.9), math.log(0.8), math.log(0.5), math.log(0.1), math.log(0.1), 0.0, 0.0,
                 math.log(0.5), 0.0, math.log(0.01)]
-    # alarm, _set, "(" (ends the first name), then "iot" and "()" of the second call.
-    assert intent_confidence(ids, logprobs, tokenizer) == pytest.approx(0.9 * 0.8 * 0.5 * 0.5)
+    # alarm, _set, "(" (ends the first name): 0.36; then "iot" and "()" of the second call: 0.5.
+    assert intent_confidence(ids, logprobs, tokenizer) == pytest.approx(0.9 * 0.8 * 0.5)
+    assert intent_confidence(ids[:6], logprobs[:6], tokenizer) == pytest.approx(0.9 * 0.8 * 0.5)
+    assert intent_confidence(ids[7:], logprobs[7:], tokenizer) == pytest.approx(0.5)  # end of turn not counted
     assert intent_confidence([], [], tokenizer) == 0.0
 
 
