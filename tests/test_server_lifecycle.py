@@ -59,7 +59,7 @@ def in_background(call) -> tuple[threading.Thread, list]:
 
 def test_not_ready_while_loading_then_ready(servers) -> None:
     server = servers["tight"]
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300  # a loaded 2-core CI machine imports vLLM slowly
     while True:  # the HTTP server answers before the model is loaded
         try:
             live = httpx.get(f"{server.url}/health/live")
@@ -85,7 +85,7 @@ def test_overload_is_503_at_once_and_timeout_is_504(servers) -> None:
     wait_running(server)
     start = time.monotonic()
     refused = httpx.post(f"{server.url}/v1/intents", json={"text": "lights off"}, headers=headers(server))
-    assert time.monotonic() - start < 1.0
+    assert time.monotonic() - start < 3.0  # refused at once, not after the 30 s timeout
     assert refused.status_code == 503
     assert refused.json()["error"]["code"] == "overloaded"
     assert int(refused.headers["Retry-After"]) >= 1
