@@ -139,7 +139,12 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=["intentlm", "vllm", "transformers"])
     args = parser.parse_args()
 
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+    # The same engine settings for every vLLM server (intentlm's defaults), so (a) and (c) compare alike.
+    env = {
+        **os.environ,
+        "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+        "VLLM_CPU_NUM_OF_RESERVED_CPU": os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU", "0"),
+    }
     env.setdefault("INTENTLM_HOME", str(REPO / ".cache" / "intentlm"))
     os.environ["INTENTLM_HOME"] = env["INTENTLM_HOME"]
     texts = [r["instruction"] for r in json.loads((DATA / "smarthome_test.json").read_text())]

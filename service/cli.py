@@ -45,6 +45,7 @@ def serve(**flags: Any) -> None:
     except ModelNotFoundError as exc:
         raise click.ClickException(str(exc)) from exc
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.cpu_kvcache_gib))
+    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", str(settings.cpu_reserved_cores))
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     summary = {**settings.summary(), "model": str(model_dir)}
     click.echo(f"intentlm serve settings: {json.dumps(summary, default=str)}", err=True)
