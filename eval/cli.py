@@ -103,11 +103,12 @@ def eval_command(
 
     start = time.perf_counter()
     threshold = None
-    if model_dir is not None and not free_form:
+    if model_dir is not None:
         from eval.runner import model_card
 
-        # Calibration looks at the raw confidences; an evaluation applies the card's threshold, as the server does.
-        threshold = 0.0 if calibrate else model_card(model_dir).oos_threshold
+        # Calibration looks at the raw confidences, and free-form decoding is the reference script's, which
+        # has no out-of-scope step; a constrained evaluation applies the card's threshold, as the server does.
+        threshold = 0.0 if calibrate or free_form else model_card(model_dir).oos_threshold
     predictions = _predict(model_dir, url, records, free_form=free_form, api=api, token=token,
                            concurrency=concurrency, system_prompt=system_prompt, oos_label=oos_label,
                            oos_threshold=threshold)
