@@ -16,10 +16,10 @@ import asyncio
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from pydantic import BaseModel, TypeAdapter
@@ -43,6 +43,8 @@ from clients.models import (
     IntentRequest,
     Prediction,
 )
+
+_HTTP = TypeVar("_HTTP", httpx.Client, httpx.AsyncClient)  # the sync or the async twin's transport
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 URL_ENV = "INTENTLM_URL"
@@ -120,12 +122,17 @@ class _BaseClient:
         self.timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
         self.retries = retries if isinstance(retries, Retries) else Retries(total=retries)
 
-    def _client_options(self) -> dict[str, Any]:
+    def _http_client(self, given: _HTTP | None, factory: Callable[..., _HTTP]) -> _HTTP:
+        """The httpx client to send with: a new one, or the caller's set to this URL, timeout and token."""
         headers = {"User-Agent": "intentlm-client"}
         if self.token:
             # The raw token, as EAS clients send it; an intentlm server also accepts "Bearer <token>".
             headers["Authorization"] = self.token
-        return {"base_url": self.base_url + "/", "headers": headers, "timeout": self.timeout}
+        if given is None:
+            return factory(base_url=self.base_url + "/", headers=headers, timeout=self.timeout)
+        given.base_url, given.timeout = self.base_url + "/", self.timeout
+        given.headers.update(headers)
+        return given
 
     @staticmethod
     def _predict_body(text: str, **fields: Any) -> dict[str, Any]:
@@ -189,13 +196,7 @@ class IntentClient(_BaseClient):
         http_client: httpx.Client | None = None,
     ) -> None:
         super().__init__(base_url, token, timeout, retries)
-        options = self._client_options()
-        if http_client is None:
-            http_client = httpx.Client(**options)
-        else:
-            http_client.base_url, http_client.timeout = options["base_url"], options["timeout"]
-            http_client.headers.update(options["headers"])
-        self._http = http_client
+        self._http = self._http_client(http_client, httpx.Client)
 
     def predict(
         self,
@@ -328,13 +329,7 @@ class AsyncIntentClient(_BaseClient):
         http_client: httpx.AsyncClient | None = None,
     ) -> None:
         super().__init__(base_url, token, timeout, retries)
-        options = self._client_options()
-        if http_client is None:
-            http_client = httpx.AsyncClient(**options)
-        else:
-            http_client.base_url, http_client.timeout = options["base_url"], options["timeout"]
-            http_client.headers.update(options["headers"])
-        self._http = http_client
+        self._http = self._http_client(http_client, httpx.AsyncClient)
 
     async def predict(
         self,
