@@ -144,26 +144,34 @@ def eval_command(
 
 
 def _calibrate(model_dir: Path, rows: list[dict], oos_label: str, data_file: Path) -> float:
-    """Choose the out-of-scope threshold on in-scope rows and write it into the model's card."""
-    from eval.calibration import KEEP, accuracy_at, choose_threshold, expected_calibration_error, from_rows
+    """Fit the confidence temperature and choose the out-of-scope threshold on in-scope rows; write both into the card.
+
+    The rows' confidences are already under the card's temperature, so the fitted one multiplies it.
+    """
+    from eval.calibration import (KEEP, accuracy_at, choose_threshold, expected_calibration_error, fit_temperature,
+                                  from_rows, rescale)
     from eval.runner import model_card
     from service.modelcard import write_card
 
     c = from_rows(rows, oos_label)
     if c is None or not c.in_scope:
         raise click.ClickException(f"{data_file}: no in-scope record with a confidence to calibrate on")
-    threshold = choose_threshold(c.in_scope, c.in_scope_correct)
     card = model_card(model_dir)
+    factor = fit_temperature(c.in_scope, c.in_scope_correct)
+    calibrated = rescale(c.in_scope, factor)
+    threshold = choose_threshold(calibrated, c.in_scope_correct)
+    card.confidence_temperature = round((card.confidence_temperature or 1.0) * factor, 4)
     card.oos_threshold = threshold
     card.metrics["calibration"] = {
         "data": str(data_file), "records": len(c.in_scope), "keep": KEEP,
-        "in_scope_accuracy": round(accuracy_at(0.0, c.in_scope, c.in_scope_correct), 4),
-        "in_scope_accuracy_at_threshold": round(accuracy_at(threshold, c.in_scope, c.in_scope_correct), 4),
-        "ece": round(expected_calibration_error(c.in_scope, c.in_scope_correct), 4),
+        "in_scope_accuracy": round(accuracy_at(0.0, calibrated, c.in_scope_correct), 4),
+        "in_scope_accuracy_at_threshold": round(accuracy_at(threshold, calibrated, c.in_scope_correct), 4),
+        "ece_before": round(expected_calibration_error(c.in_scope, c.in_scope_correct), 4),
+        "ece": round(expected_calibration_error(calibrated, c.in_scope_correct), 4),
     }
     write_card(model_dir, card)
-    click.echo(f"calibrated: oos_threshold = {threshold:.6f} written to {model_dir / 'intentlm.json'} "
-               f"({card.metrics['calibration']})")
+    click.echo(f"calibrated: confidence_temperature = {card.confidence_temperature}, oos_threshold = {threshold:.6f} "
+               f"written to {model_dir / 'intentlm.json'} ({card.metrics['calibration']})")
     return threshold
 
 

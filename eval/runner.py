@@ -144,19 +144,20 @@ def predict_with_model(
         for instruction in instructions
     ]
     outputs = llm.generate(prompts, params, use_tqdm=progress)
-    predictions = [_from_output(out, tokenizer) for out in outputs]
+    temperature = card.confidence_temperature or 1.0
+    predictions = [_from_output(out, tokenizer, temperature) for out in outputs]
     return [
         replace(p, text=f"{oos_label}()") if p.confidence is not None and p.confidence < threshold else p
         for p in predictions
     ]
 
 
-def _from_output(out: Any, tokenizer: Any) -> Prediction:
+def _from_output(out: Any, tokenizer: Any, temperature: float) -> Prediction:
     """Score the raw text as it is, unstripped, as the reference script scores its decode.
 
     The latency is the time the request spent in the engine (queued to last token) while the whole
     file was batched: a throughput-bound figure, not a serving latency. The confidence is the
-    server's (``service.engine.intent_confidence``), so both modes rank answers alike.
+    server's (``service.engine.intent_confidence``, with the card's temperature), so both modes agree.
     """
     from service.engine import intent_confidence
 
@@ -164,7 +165,7 @@ def _from_output(out: Any, tokenizer: Any) -> Prediction:
     stats = out.metrics
     latency = (stats.last_token_ts - stats.queued_ts) * 1000 if stats is not None and stats.last_token_ts else None
     logprobs = [step[token].logprob for token, step in zip(completion.token_ids, completion.logprobs or [])]
-    confidence = intent_confidence(completion.token_ids, logprobs, tokenizer) if logprobs else None
+    confidence = intent_confidence(completion.token_ids, logprobs, tokenizer, temperature) if logprobs else None
     return Prediction(text=completion.text, raw=completion.text, latency_ms=latency, confidence=confidence)
 
 

@@ -318,7 +318,8 @@ class IntentEngine:
         if calls is None:
             metrics.MALFORMED.labels(route).inc()
             calls = []
-        confidence = intent_confidence(generation.token_ids, generation.logprobs, self.tokenizer)
+        confidence = intent_confidence(generation.token_ids, generation.logprobs, self.tokenizer,
+                                       self.card.confidence_temperature or 1.0)
         intents = [IntentCall(name=c.name, args=list(c.args)) for c in calls]
         if calls and confidence < self.oos_threshold:
             intents = [IntentCall(name=self.settings.oos_label, args=[])]
@@ -340,7 +341,8 @@ def _chosen_logprobs(token_ids: Sequence[int], logprobs: Any) -> list[float]:
     return [step[token].logprob for token, step in zip(token_ids, logprobs)]
 
 
-def intent_confidence(token_ids: Sequence[int], logprobs: Sequence[float], tokenizer: Any) -> float:
+def intent_confidence(token_ids: Sequence[int], logprobs: Sequence[float], tokenizer: Any,
+                      temperature: float = 1.0) -> float:
     """The probability the model gives to the intent names it wrote, for its least sure call.
 
     Each call's confidence is the product over the tokens that spell its name (up to its '('): the
@@ -349,7 +351,8 @@ def intent_confidence(token_ids: Sequence[int], logprobs: Sequence[float], token
     minimum over its calls, so a two-intent answer is not penalised for being two decisions (a
     product over all names rejected sure multi-intent answers as out of scope). The
     log-probabilities are the model's raw ones, before the grammar mask, so a model that wanted to
-    say something else shows low confidence.
+    say something else shows low confidence. ``temperature`` (the card's calibrated one) divides the
+    log-probability, so that the reported confidence matches the observed accuracy.
     """
     if not logprobs:
         return 0.0
@@ -365,4 +368,4 @@ def intent_confidence(token_ids: Sequence[int], logprobs: Sequence[float], token
             elif ch == ";":
                 in_name = True
                 calls.append(0.0)
-    return math.exp(min(calls))
+    return math.exp(min(calls) / temperature)

@@ -12,8 +12,10 @@ from eval.calibration import (
     calibration_png,
     choose_threshold,
     expected_calibration_error,
+    fit_temperature,
     from_rows,
     reliability,
+    rescale,
 )
 from eval.cli import eval_command
 
@@ -42,6 +44,20 @@ def test_ece_is_between_0_and_1_and_zero_when_calibrated(run: list[tuple[float, 
     assert 0.0 <= expected_calibration_error(conf, ok) <= 1.0
     assert sum(b.count for b in reliability(conf, ok)) == len(conf)
     assert expected_calibration_error([1.0] * 4, [True] * 4) == 0.0
+
+
+def test_temperature_recovers_a_known_miscalibration_and_lowers_ece() -> None:
+    """Answers right with probability p, reported as p ** 3 (under-confident, T = 3): the fit finds ~3."""
+    truth = [0.5 + 0.05 * i for i in range(10)]  # 0.5 .. 0.95
+    conf, ok = [], []
+    for p in truth:
+        right = round(100 * p)
+        conf += [p ** 3] * 100
+        ok += [True] * right + [False] * (100 - right)
+    t = fit_temperature(conf, ok)
+    assert 2.9 < t < 3.1
+    assert expected_calibration_error(rescale(conf, t), ok) < 0.01 < expected_calibration_error(conf, ok)
+    assert fit_temperature([0.9, 0.8], [True, True]) == 16  # all right: as sure as the grid allows
 
 
 def test_rows_split_in_and_out_of_scope_on_the_raw_answer() -> None:

@@ -73,3 +73,20 @@ def test_url_eas_api_and_bad_token(live_server: LiveServer, tmp_path: Path) -> N
     assert "url (eas), free-form" in done.stdout
     refused = _eval("--url", live_server.url, "--token", "wrong")
     assert refused.returncode == 1 and "401" in refused.stderr and "Traceback" not in refused.stderr
+
+
+@pytest.mark.engine
+def test_calibrate_writes_temperature_and_threshold_into_the_card(smarthome_model: Path, tmp_path: Path) -> None:
+    """`--calibrate` on a copy of the model (weights linked, card copied): both values land in intentlm.json."""
+    model = tmp_path / "model"
+    model.mkdir()
+    for item in smarthome_model.iterdir():
+        if item.name != "intentlm.json":
+            (model / item.name).symlink_to(item)
+    (model / "intentlm.json").write_text((smarthome_model / "intentlm.json").read_text())
+    done = _eval("--model", str(model), "--calibrate")
+    assert done.returncode == 0, done.stdout + done.stderr[-4000:]
+    card = json.loads((model / "intentlm.json").read_text())
+    assert card["confidence_temperature"] > 0 and 0 <= card["oos_threshold"] <= 1
+    assert card["metrics"]["calibration"]["records"] == LIMIT
+    assert "calibrated: confidence_temperature" in done.stdout

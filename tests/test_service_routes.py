@@ -207,6 +207,7 @@ def test_confidence_counts_only_intent_name_tokens_of_the_least_sure_call() -> N
     assert intent_confidence(ids[:6], logprobs[:6], tokenizer) == pytest.approx(0.9 * 0.8 * 0.5)
     assert intent_confidence(ids[7:], logprobs[7:], tokenizer) == pytest.approx(0.5)  # end of turn not counted
     assert intent_confidence([], [], tokenizer) == 0.0
+    assert intent_confidence(ids, logprobs, tokenizer, temperature=2.0) == pytest.approx((0.9 * 0.8 * 0.5) ** 0.5)
 
 
 def test_settings_env_flags_and_masking(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

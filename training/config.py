@@ -68,6 +68,9 @@ class TrainConfig(BaseModel):
     # Settings the reference fixes internally.
     lora_target_modules: str = Field(
         "all-linear", description="Layers LoRA adapts: 'all-linear' or comma-separated module names (q_proj,v_proj).")
+    compose_multi_intent: float = Field(
+        0.0, ge=0, le=4, description="Add two-call records composed from single-call ones (joined as the data's "
+        "own multi-call records are), as this share of the records; 0 = off (training/data/compose.py).")
     lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
     lr_scheduler_type: str = Field("cosine", description="transformers scheduler name (linear, cosine, constant...).")
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Fraction of the steps spent warming up the learning rate.")

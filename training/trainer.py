@@ -29,6 +29,7 @@ from service.intents import args_are_spans
 from service.modelcard import ARGS_FROM_TEXT_SHARE, DataInfo, ModelCard, atomic_directory, read_card, write_card
 from service.prompt import END_OF_TURN, build_prompt, build_target
 from training.config import TrainConfig, fit_batch_to_data
+from training.data.compose import compose_multi_intent
 from training.data.check import check_records
 from training.data.dataset import Record, file_sha256, load_dataset
 
@@ -62,6 +63,7 @@ class TrainPlan:
     output: Path
     batch_note: str | None
     intents: list[str]
+    composed: int = 0  # synthetic two-call records among the examples (``compose_multi_intent``)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -80,6 +82,7 @@ class TrainPlan:
         answers = [e.answer_len for e in self.examples]
         return {
             "records": len(self.records),
+            "records_composed": self.composed,
             "records_used": len(self.examples),
             "records_too_long": len(self.skipped),
             "tokens_per_epoch": sum(lengths),
@@ -153,15 +156,17 @@ def plan_training(data: Path, output: Path, config: TrainConfig, explicit: set[s
     if lint_errors:
         raise TrainError(f"{data}: the data check found {len(lint_errors)} error(s) (see `intentlm data check`): "
                          + "; ".join(issue.message for issue in lint_errors[:5]))
+    composed = compose_multi_intent(records, round(config.compose_multi_intent * len(records)), seed=config.seed)
     tokenizer = load_tokenizer(base_model)
-    examples, skipped = tokenize(records, tokenizer, config)
+    examples, skipped = tokenize(records + composed, tokenizer, config)
     if not examples:
         shortest = min(n for _, n in skipped)
         raise TrainError(f"seq_length {config.seq_length} is below the shortest record ({shortest} tokens "
                          f"with the prompt); use --seq_length {2 ** math.ceil(math.log2(shortest))} or more")
     batch_note = fit_batch_to_data(config, len(examples), explicit, world_size())
     intents = sorted({call.name for r in records for call in r.calls()})
-    return TrainPlan(config, data, records, examples, skipped, base_model, output, batch_note, intents)
+    return TrainPlan(config, data, records, examples, skipped, base_model, output, batch_note, intents,
+                     len(composed))
 
 
 def check_quantization_backend() -> None:
@@ -519,7 +524,7 @@ def describe(plan: TrainPlan) -> list[str]:
     """The lines logged before training starts."""
     stats = plan.token_stats()
     lines = [f"{plan.config.mode} fine-tuning of {plan.base_model} on {plan.data_file}: "
-             f"{stats['records_used']} records, {stats['tokens_per_epoch']} tokens/epoch "
+             f"{stats['records_used']} records ({plan.composed} composed), {stats['tokens_per_epoch']} tokens/epoch "
              f"({stats['answer_tokens_per_epoch']} answer tokens scored), {len(plan.intents)} intents"]
     if plan.batch_note:
         lines.append(plan.batch_note)
