@@ -62,7 +62,14 @@ def model_card(model_dir: str | os.PathLike[str]) -> ModelCard:
 
 
 def load_llm(model_dir: str | os.PathLike[str]) -> LLM:
-    """vLLM's offline engine with the server's engine settings (same context, dtype and eager mode)."""
+    """vLLM's offline engine with the server's engine settings (same context, dtype and eager mode).
+
+    The engine runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0`` unless the caller set it):
+    an offline batch has no frontend to keep responsive, and a separate engine-core process costs
+    a second import of torch and vLLM and competes with this one for the cores (BENCHMARKS.md,
+    "Evaluation").
+    """
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     from vllm import LLM
 
     return LLM(

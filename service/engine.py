@@ -349,9 +349,10 @@ def intent_confidence(token_ids: Sequence[int], logprobs: Sequence[float], token
     decision "which intent" is what out-of-scope detection needs, while argument tokens (free text
     copied from the utterance) would make long slots look uncertain. The reply's confidence is the
     minimum over its calls, so a two-intent answer is not penalised for being two decisions (a
-    product over all names rejected sure multi-intent answers as out of scope). The
-    log-probabilities are the model's raw ones, before the grammar mask, so a model that wanted to
-    say something else shows low confidence. ``temperature`` (the card's calibrated one) divides the
+    product over all names rejected sure multi-intent answers as out of scope). vLLM computes the
+    log-probabilities after the grammar mask (checked in vLLM 0.32's model runner: the bitmask is
+    applied to the logits the sampler receives), so under constrained decoding this is the model's
+    choice among the allowed intents: the maximum-softmax-probability out-of-scope signal. ``temperature`` (the card's calibrated one) divides the
     log-probability, so that the reported confidence matches the observed accuracy.
     """
     if not logprobs:

@@ -22,7 +22,8 @@ from tests.conftest import REPO, TRAIN_FILE
 
 INTENTLM = str(REPO / ".venv" / "bin" / "intentlm")
 TINY = ["--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "1", "--seq_length", "64",
-        "--lora_dim", "4", "--load_in_4bit", "false", "--learning_rate", "1e-3", "--logging_steps", "1"]
+        "--lora_dim", "4", "--load_in_4bit", "false", "--learning_rate", "1e-3", "--logging_steps", "1",
+        "--num_train_epochs", "1"]
 
 
 def run_intentlm(*args: str | Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:

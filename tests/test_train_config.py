@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from training.config import (
+    DEFAULT_PRESET,
     MIN_STEPS_PER_EPOCH,
+    PRESETS,
     ConfigError,
     TrainConfig,
     fit_batch_to_data,
@@ -43,6 +45,16 @@ def test_presets_follow_the_recommended_table(preset: str, mode: str, lr: float,
     assert (config.lora_dim, config.lora_alpha, config.seq_length) == (rank, alpha, 256)
     assert config.per_device_train_batch_size * config.gradient_accumulation_steps == 256
     assert explicit == set()
+
+
+def test_the_default_preset_is_the_studied_recipe_and_none_keeps_the_knob_defaults() -> None:
+    from training.cli import train
+
+    assert next(p for p in train.params if p.name == "preset").default == DEFAULT_PRESET == "intent"
+    config, explicit = resolve_config(DEFAULT_PRESET)
+    assert config.mode == "lora" and explicit == set()
+    assert config.model_dump() == TrainConfig(**PRESETS[DEFAULT_PRESET]).model_dump()
+    assert resolve_config("none")[0] == resolve_config(None)[0] == TrainConfig()
 
 
 def test_preset_batch_shrinks_to_the_data_and_says_so() -> None:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from training.config import DEFAULT_PRESET, PRESETS
+
 
 @click.group()
 def model() -> None:
@@ -69,7 +71,9 @@ def info(model_dir: Path, as_json: bool) -> None:
 def _knobs_help() -> str:
     from training.config import TrainConfig
 
-    lines = ["\b", "Knobs (--NAME VALUE):"]
+    preset = ", ".join(f"{k} {v}" for k, v in PRESETS[DEFAULT_PRESET].items())
+    lines = ["\b", f"Knobs (--NAME VALUE) [default]; unless --preset says otherwise, the '{DEFAULT_PRESET}' "
+             f"preset then sets: {preset}."]
     for name, field in TrainConfig.model_fields.items():
         lines.append(f"  {name} [{field.default}]: {field.description}")
     return "\n".join(lines)
@@ -78,8 +82,9 @@ def _knobs_help() -> str:
 @click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True}, epilog=_knobs_help())
 @click.option("--data", "data", required=True, type=click.Path(path_type=Path), help="Training dataset (JSON array).")
 @click.option("--output", required=True, type=click.Path(path_type=Path), help="Model directory to write.")
-@click.option("--preset", type=click.Choice(["full", "lora", "qlora"]), default=None,
-              help="The reference's recommended settings (global batch scaled to the data).")
+@click.option("--preset", type=click.Choice(list(PRESETS)), default=DEFAULT_PRESET, show_default=True,
+              help="Starting knob values: 'intent' is the studied recipe (bench/accuracy.md); full/lora/qlora "
+                   "the reference's recommended ones (global batch scaled to the data); none the knob defaults.")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
               help="YAML/JSON file of knobs (applied after the preset, before flags).")
 @click.option("--base-model", "--base_model", "base_model", type=click.Path(path_type=Path), default=None,
@@ -92,7 +97,7 @@ def _knobs_help() -> str:
 @click.option("--dry-run", "--dry_run", "dry_run", is_flag=True,
               help="Print the resolved config, token statistics and estimated steps/time; train nothing.")
 @click.pass_context
-def train(ctx: click.Context, data: Path, output: Path, preset: str | None, config_file: Path | None,
+def train(ctx: click.Context, data: Path, output: Path, preset: str, config_file: Path | None,
           base_model: Path | None, eval_data: Path | None, tensorboard_dir: Path | None, resume: bool,
           dry_run: bool) -> None:
     """Fine-tune the base model on DATA into a merged model directory OUTPUT.

@@ -20,12 +20,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from service.prompt import DEFAULT_SYSTEM_PROMPT
 
-PresetName = Literal["full", "lora", "qlora"]
+PresetName = Literal["intent", "full", "lora", "qlora", "none"]
+DEFAULT_PRESET = "intent"
 
-# The reference's "recommended hyperparameter configurations" (Table 2). Its global batch of 256 is
-# reached as per-device 16 x accumulation 16 on one device; `fit_batch_to_data` shrinks it for small
-# data sets, where 256 would leave a handful of optimizer steps per epoch.
+# "intent" is this project's recipe for a few hundred to a few thousand intent records on a small
+# model, the winner of the study in bench/accuracy.md, and what `intentlm train` uses unless told
+# otherwise. "full", "lora" and "qlora" are the reference's "recommended hyperparameter
+# configurations" (Table 2): their global batch of 256 is per-device 16 x accumulation 16 on one
+# device, which `fit_batch_to_data` shrinks for small data sets, where 256 would leave a handful of
+# optimizer steps per epoch. "none" leaves every knob at its default (the reference's defaults).
 PRESETS: dict[str, dict[str, Any]] = {
+    "intent": {"learning_rate": 5e-4, "num_train_epochs": 3, "lora_dim": 16, "lora_alpha": 32,
+               "load_in_4bit": False, "load_in_8bit": False, "seq_length": 128,
+               "per_device_train_batch_size": 16, "gradient_accumulation_steps": 1},
     "full": {"learning_rate": 5e-5, "num_train_epochs": 3, "lora_dim": 0, "lora_alpha": 0,
              "load_in_4bit": False, "load_in_8bit": False, "seq_length": 256,
              "per_device_train_batch_size": 16, "gradient_accumulation_steps": 16},
@@ -35,6 +42,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "qlora": {"learning_rate": 3e-4, "num_train_epochs": 5, "lora_dim": 64, "lora_alpha": 16,
               "load_in_4bit": True, "load_in_8bit": False, "seq_length": 256,
               "per_device_train_batch_size": 16, "gradient_accumulation_steps": 16},
+    "none": {},
 }
 
 # A preset's global batch is halved until an epoch has at least this many optimizer steps.
