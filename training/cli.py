@@ -64,7 +64,8 @@ def info(model_dir: Path, as_json: bool) -> None:
     if card is None:
         click.echo(f"{'intentlm':>24}: none (not trained by intentlm; served with defaults)")
         return
-    for key in ("base_model", "system_prompt", "apply_chat_template", "intents", "data", "metrics", "created_at"):
+    for key in ("base_model", "system_prompt", "apply_chat_template", "intents", "args_from_text",
+                "confidence_temperature", "oos_threshold", "data", "metrics", "created_at"):
         click.echo(f"{key:>24}: {card.get(key)}")
 
 

@@ -30,7 +30,7 @@ DEFAULT_PRESET = "intent"
 # device, which `fit_batch_to_data` shrinks for small data sets, where 256 would leave a handful of
 # optimizer steps per epoch. "none" leaves every knob at its default (the reference's defaults).
 PRESETS: dict[str, dict[str, Any]] = {
-    "intent": {"learning_rate": 5e-4, "num_train_epochs": 3, "lora_dim": 16, "lora_alpha": 32,
+    "intent": {"learning_rate": 1e-4, "num_train_epochs": 3, "lora_dim": 0, "lora_alpha": 0,
                "load_in_4bit": False, "load_in_8bit": False, "seq_length": 128,
                "per_device_train_batch_size": 16, "gradient_accumulation_steps": 1},
     "full": {"learning_rate": 5e-5, "num_train_epochs": 3, "lora_dim": 0, "lora_alpha": 0,
