@@ -2,9 +2,10 @@
 
 The confidence is the server's (``service.engine.intent_confidence``: the probability of the intent
 name tokens, under the card's temperature, which ``fit_temperature`` fits on held-out data). A
-record is rejected as out-of-scope when its confidence is below the threshold, as the server does. ``choose_threshold`` picks it on held-out IN-SCOPE data (the validation
-split): the highest threshold that keeps ``KEEP`` of the in-scope accuracy, because out-of-scope
-examples of a deployment are unknown in advance while the in-scope cost is what users feel.
+record is rejected as out-of-scope when its confidence is below the threshold, as the server does.
+``choose_threshold`` picks it on held-out IN-SCOPE data (the validation split): the highest
+threshold that keeps ``KEEP`` of the in-scope accuracy, because out-of-scope examples of a
+deployment are unknown in advance while the in-scope cost is what users feel.
 """
 
 from __future__ import annotations

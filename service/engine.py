@@ -352,8 +352,9 @@ def intent_confidence(token_ids: Sequence[int], logprobs: Sequence[float], token
     product over all names rejected sure multi-intent answers as out of scope). vLLM computes the
     log-probabilities after the grammar mask (checked in vLLM 0.32's model runner: the bitmask is
     applied to the logits the sampler receives), so under constrained decoding this is the model's
-    choice among the allowed intents: the maximum-softmax-probability out-of-scope signal. ``temperature`` (the card's calibrated one) divides the
-    log-probability, so that the reported confidence matches the observed accuracy.
+    choice among the allowed intents: the maximum-softmax-probability out-of-scope signal.
+    ``temperature`` (the card's calibrated one) divides the log-probability, so that the reported
+    confidence matches the observed accuracy.
     """
     if not logprobs:
         return 0.0

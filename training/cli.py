@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from training.config import DEFAULT_PRESET, PRESETS
+from training.config import DEFAULT_PRESET, PRESETS, TrainConfig
 
 
 @click.group()
@@ -70,8 +70,6 @@ def info(model_dir: Path, as_json: bool) -> None:
 
 
 def _knobs_help() -> str:
-    from training.config import TrainConfig
-
     preset = ", ".join(f"{k} {v}" for k, v in PRESETS[DEFAULT_PRESET].items())
     lines = ["\b", f"Knobs (--NAME VALUE) [default]; unless --preset says otherwise, the '{DEFAULT_PRESET}' "
              f"preset then sets: {preset}."]
