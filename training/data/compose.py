@@ -55,6 +55,8 @@ def compose_multi_intent(records: list[Record], count: int, *, seed: int = 42) -
     Each pair's instruction is ``first + joiner + second`` and its output the two calls joined by
     ``;`` (the data contract's multi-call form); the second part starts lower-case, as in the data.
     """
+    if count <= 0:
+        return []
     joiner = find_joiner(records)
     by_intent: dict[str, list[Record]] = {}
     for record in records:
@@ -62,7 +64,7 @@ def compose_multi_intent(records: list[Record], count: int, *, seed: int = 42) -
         if len(calls) == 1:
             by_intent.setdefault(calls[0].name, []).append(record)
     pairs = list(permutations(sorted(by_intent), 2))
-    if joiner is None or count <= 0 or not pairs:
+    if joiner is None or not pairs:
         return []
     rng = random.Random(seed)
     rng.shuffle(pairs)
