@@ -23,8 +23,8 @@ MODES = {"free": dict(constrained=False), "intents": dict(constrained=True, args
 
 def main(model_dir: str, out: str, *files: str) -> None:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    from eval.metrics import compute_metrics
     from eval.runner import load_llm, predict_with_model
+    from split_figures import by_call_count
 
     llm = load_llm(model_dir)
     results: dict = {}
@@ -34,12 +34,9 @@ def main(model_dir: str, out: str, *files: str) -> None:
             preds = predict_with_model(model_dir, [r["instruction"] for r in records], llm=llm, progress=False,
                                        **kwargs)
             entry = results.setdefault(Path(file).name, {}).setdefault(mode, {})
-            for part, keep in (("single", lambda r: ";" not in r["output"]), ("multi", lambda r: ";" in r["output"])):
-                idx = [i for i, r in enumerate(records) if keep(r)]
-                if not idx:
-                    continue
-                m = compute_metrics([records[i]["output"] for i in idx], [preds[i].text for i in idx])
-                entry[part] = {"records": len(idx), "intent": round(m.reference.intent_accuracy, 4),
+            parts = by_call_count([r["output"] for r in records], [p.text for p in preds])
+            for part, (n, m) in parts.items():
+                entry[part] = {"records": n, "intent": round(m.reference.intent_accuracy, 4),
                                "param": round(m.reference.parameter_accuracy, 4), "exact": round(m.exact_match, 4)}
             entry["predictions"] = [{"gold": r["output"], "pred": p.text, "confidence": p.confidence}
                                     for r, p in zip(records, preds)]

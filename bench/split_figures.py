@@ -11,22 +11,28 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def figures(report: Path) -> dict[str, dict[str, float]]:
+def by_call_count(golds: list[str], answers: list[str]) -> dict[str, tuple[int, Any]]:
+    """``{"single"|"multi": (records, eval.metrics.Metrics)}``: the records with one gold call and those with more."""
     from eval.metrics import compute_metrics
 
-    rows = [json.loads(line) for line in (report / "predictions.jsonl").read_text().splitlines()]
     out = {}
-    for part, rows_part in (("single", [r for r in rows if ";" not in r["gold"]]),
-                            ("multi", [r for r in rows if ";" in r["gold"]])):
-        if rows_part:
-            m = compute_metrics([r["gold"] for r in rows_part], [r["raw"] for r in rows_part])
-            out[part] = {"records": len(rows_part), "intent": round(100 * m.reference.intent_accuracy, 1),
-                         "param": round(100 * m.reference.parameter_accuracy, 1), "exact": round(100 * m.exact_match, 1)}
+    for part, multi in (("single", False), ("multi", True)):
+        idx = [i for i, gold in enumerate(golds) if (";" in gold) == multi]
+        if idx:
+            out[part] = (len(idx), compute_metrics([golds[i] for i in idx], [answers[i] for i in idx]))
     return out
+
+
+def figures(report: Path) -> dict[str, dict[str, float]]:
+    rows = [json.loads(line) for line in (report / "predictions.jsonl").read_text().splitlines()]
+    return {part: {"records": n, "intent": round(100 * m.reference.intent_accuracy, 1),
+                   "param": round(100 * m.reference.parameter_accuracy, 1), "exact": round(100 * m.exact_match, 1)}
+            for part, (n, m) in by_call_count([r["gold"] for r in rows], [r["raw"] for r in rows]).items()}
 
 
 if __name__ == "__main__":

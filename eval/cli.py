@@ -160,7 +160,7 @@ def _calibrate(model_dir: Path, rows: list[dict], oos_label: str, data_file: Pat
     factor = fit_temperature(c.in_scope, c.in_scope_correct)
     calibrated = rescale(c.in_scope, factor)
     threshold = choose_threshold(calibrated, c.in_scope_correct)
-    card.confidence_temperature = round((card.confidence_temperature or 1.0) * factor, 4)
+    card.confidence_temperature = round(card.confidence_temperature * factor, 4)
     card.oos_threshold = threshold
     card.metrics["calibration"] = {
         "data": str(data_file), "records": len(c.in_scope), "keep": KEEP,

@@ -151,8 +151,7 @@ def predict_with_model(
         for instruction in instructions
     ]
     outputs = llm.generate(prompts, params, use_tqdm=progress)
-    temperature = card.confidence_temperature or 1.0
-    predictions = [_from_output(out, tokenizer, temperature) for out in outputs]
+    predictions = [_from_output(out, tokenizer, card.confidence_temperature) for out in outputs]
     return [
         replace(p, text=f"{oos_label}()") if p.confidence is not None and p.confidence < threshold else p
         for p in predictions

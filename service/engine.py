@@ -319,7 +319,7 @@ class IntentEngine:
             metrics.MALFORMED.labels(route).inc()
             calls = []
         confidence = intent_confidence(generation.token_ids, generation.logprobs, self.tokenizer,
-                                       self.card.confidence_temperature or 1.0)
+                                       self.card.confidence_temperature)
         intents = [IntentCall(name=c.name, args=list(c.args)) for c in calls]
         if calls and confidence < self.oos_threshold:
             intents = [IntentCall(name=self.settings.oos_label, args=[])]

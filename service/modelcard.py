@@ -54,8 +54,8 @@ class ModelCard(BaseModel):
     # the server's default when INTENTLM_OOS_THRESHOLD is unset. None: not calibrated.
     oos_threshold: float | None = Field(None, ge=0, le=1)
     # Temperature of the intent confidence (`intentlm eval --calibrate` fits it on held-out data): the
-    # reported confidence is exp(log p / T), so T > 1 lifts an under-confident model. None: 1.
-    confidence_temperature: float | None = Field(None, gt=0)
+    # reported confidence is exp(log p / T), so T > 1 lifts an under-confident model.
+    confidence_temperature: float = Field(1.0, gt=0)
     train_config: dict[str, Any] = Field(default_factory=dict)
     data: DataInfo | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)

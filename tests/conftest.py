@@ -116,16 +116,22 @@ def start_server(model_dir: Path, log_dir: Path, *args: str, token: str | None =
     return server
 
 
+def link_model(source: Path, target: Path) -> Path:
+    """``target``: ``source``'s files symlinked (no 260 MB copy), all but ``intentlm.json``, for the caller to write."""
+    target.mkdir(exist_ok=True)
+    for item in source.iterdir():
+        if item.name != "intentlm.json":
+            (target / item.name).symlink_to(item)
+    return target
+
+
 @pytest.fixture(scope="session")
 def smarthome_model(base_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The base model's files (symlinked) with a card listing the 12 smart-home intents of TRAIN_FILE."""
     from service.intents import parse
     from service.modelcard import ModelCard, write_card
 
-    model_dir = tmp_path_factory.mktemp("smarthome-model")
-    for item in base_model.iterdir():
-        if item.name != "intentlm.json":
-            (model_dir / item.name).symlink_to(item)
+    model_dir = link_model(base_model, tmp_path_factory.mktemp("smarthome-model"))
     records = json.loads(TRAIN_FILE.read_text())
     intents = sorted({call.name for record in records for call in parse(record["output"])})
     write_card(model_dir, ModelCard(base_model=base_model.name, system_prompt=SMARTHOME_SYSTEM_PROMPT, intents=intents))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TEST_FILE, LiveServer
+from conftest import REPO, TEST_FILE, LiveServer, link_model
 
 LIMIT = 8  # records: enough for a batch, small enough to keep the test short
 
@@ -78,11 +78,7 @@ def test_url_eas_api_and_bad_token(live_server: LiveServer, tmp_path: Path) -> N
 @pytest.mark.engine
 def test_calibrate_writes_temperature_and_threshold_into_the_card(smarthome_model: Path, tmp_path: Path) -> None:
     """`--calibrate` on a copy of the model (weights linked, card copied): both values land in intentlm.json."""
-    model = tmp_path / "model"
-    model.mkdir()
-    for item in smarthome_model.iterdir():
-        if item.name != "intentlm.json":
-            (model / item.name).symlink_to(item)
+    model = link_model(smarthome_model, tmp_path / "model")
     (model / "intentlm.json").write_text((smarthome_model / "intentlm.json").read_text())
     done = _eval("--model", str(model), "--calibrate")
     assert done.returncode == 0, done.stdout + done.stderr[-4000:]
