@@ -52,12 +52,13 @@ def lora_run(tiny_data: Path, base_model: Path, tmp_path_factory: pytest.TempPat
 def full_run(tiny_data: Path, base_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     output = tmp_path_factory.mktemp("full") / "model"
     result = run_intentlm("train", "--data", tiny_data, "--output", output, *TINY, "--lora-dim", "0",
-                          "--learning_rate", "1e-5", "--num_train_epochs", "0.5")
+                          "--learning_rate", "1e-5", "--num_train_epochs", "0.5", "--label_smoothing", "0.1",
+                          "--synthetic_oos", "0.25")
     assert result.returncode == 0, result.stderr[-3000:]
     return output
 
 
-def assert_complete_model_dir(output: Path, data: Path, mode: str) -> None:
+def assert_complete_model_dir(output: Path, data: Path, mode: str, extra_intents: frozenset[str] = frozenset()) -> None:
     for name in ("config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja", "intentlm.json"):
         assert (output / name).is_file(), name
     config = json.loads((output / "config.json").read_text())
@@ -65,7 +66,7 @@ def assert_complete_model_dir(output: Path, data: Path, mode: str) -> None:
     card = read_card(output)
     assert card is not None
     records = json.loads(data.read_text())
-    assert card.intents == sorted({c.name for r in records for c in parse(r["output"])})
+    assert card.intents == sorted({c.name for r in records for c in parse(r["output"])} | extra_intents)
     assert card.base_model and card.system_prompt == "You are a helpful assistant" and card.apply_chat_template
     assert card.data is not None and card.data.records == len(records) and len(card.data.sha256) == 64
     assert card.data.file == str(data.resolve())
@@ -86,7 +87,11 @@ def test_lora_run_writes_a_complete_model_dir(lora_run: tuple[Path, str], tiny_d
 
 
 def test_full_run_writes_a_complete_model_dir(full_run: Path, tiny_data: Path) -> None:
-    assert_complete_model_dir(full_run, tiny_data, "full")
+    assert_complete_model_dir(full_run, tiny_data, "full", extra_intents=frozenset({"oos"}))
+    assert read_card(full_run).train_config["label_smoothing"] == 0.1  # through transformers' LabelSmoother
+    # --synthetic_oos 0.25: 4 requests written by the real base model, answered oos(), kept for review
+    synthetic = json.loads((full_run / "synthetic_oos.json").read_text())
+    assert len(synthetic) == 4 and all(r["output"] == "oos()" and r["instruction"] for r in synthetic)
     assert not (full_run / "adapter").exists()
 
 

@@ -79,10 +79,16 @@ class TrainConfig(BaseModel):
     compose_multi_intent: float = Field(
         0.0, ge=0, le=4, description="Add two-call records composed from single-call ones (joined as the data's "
         "own multi-call records are), as this share of the records; 0 = off (training/data/compose.py).")
+    synthetic_oos: float = Field(
+        0.0, ge=0, le=1, description="Add requests written by the base model on generic topics, answered oos(), "
+        "as this share of the records; 0 = off (training/data/synthetic_oos.py).")
     lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
     lr_scheduler_type: str = Field("cosine", description="transformers scheduler name (linear, cosine, constant...).")
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Fraction of the steps spent warming up the learning rate.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=1, description="Share of each answer token's target spread over the vocabulary "
+        "(transformers' label_smoothing_factor); 0 = plain cross-entropy.")
     dtype: Literal["auto", "bfloat16", "float32"] = Field(
         "auto", description="Compute dtype: auto = bfloat16 where the hardware has it (CUDA, AVX512-BF16/AMX CPUs).")
     seed: int = Field(42, description="Seed for initialisation and data order.")

@@ -16,12 +16,13 @@ positions it gets at inference time.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +33,11 @@ from training.config import TrainConfig, fit_batch_to_data
 from training.data.compose import compose_multi_intent
 from training.data.check import check_records
 from training.data.dataset import Record, file_sha256, load_dataset
+from training.data.synthetic_oos import synthetic_oos_records
 
 
 IGNORE_INDEX = -100
+SYNTHETIC_OOS_FILE = "synthetic_oos.json"
 
 
 class TrainError(RuntimeError):
@@ -64,6 +67,7 @@ class TrainPlan:
     batch_note: str | None
     intents: list[str]
     composed: int = 0  # synthetic two-call records among the examples (``compose_multi_intent``)
+    synthetic_oos: list[Record] = field(default_factory=list)  # generated oos() records among the examples
 
     @property
     def steps_per_epoch(self) -> int:
@@ -83,6 +87,7 @@ class TrainPlan:
         return {
             "records": len(self.records),
             "records_composed": self.composed,
+            "records_synthetic_oos": len(self.synthetic_oos),
             "records_used": len(self.examples),
             "records_too_long": len(self.skipped),
             "tokens_per_epoch": sum(lengths),
@@ -158,15 +163,33 @@ def plan_training(data: Path, output: Path, config: TrainConfig, explicit: set[s
                          + "; ".join(issue.message for issue in lint_errors[:5]))
     composed = compose_multi_intent(records, round(config.compose_multi_intent * len(records)), seed=config.seed)
     tokenizer = load_tokenizer(base_model)
-    examples, skipped = tokenize(records + composed, tokenizer, config)
+    synthetic = synthetic_oos(records, config, base_model, tokenizer)
+    examples, skipped = tokenize(records + composed + synthetic, tokenizer, config)
     if not examples:
         shortest = min(n for _, n in skipped)
         raise TrainError(f"seq_length {config.seq_length} is below the shortest record ({shortest} tokens "
                          f"with the prompt); use --seq_length {2 ** math.ceil(math.log2(shortest))} or more")
     batch_note = fit_batch_to_data(config, len(examples), explicit, world_size())
-    intents = sorted({call.name for r in records for call in r.calls()})
+    intents = sorted({call.name for r in records + synthetic for call in r.calls()})
     return TrainPlan(config, data, records, examples, skipped, base_model, output, batch_note, intents,
-                     len(composed))
+                     len(composed), synthetic)
+
+
+def synthetic_oos(records: list[Record], config: TrainConfig, base_model: Path, tokenizer: Any) -> list[Record]:
+    """The ``synthetic_oos`` share of records, written by the base model and answered with the out-of-scope label."""
+    count = round(config.synthetic_oos * len(records))
+    if not count:
+        return []
+    if not getattr(tokenizer, "chat_template", None):
+        raise TrainError(f"synthetic_oos needs an instruct base model with a chat template; {base_model} has none "
+                         "(use --synthetic_oos 0)")
+    from transformers import AutoModelForCausalLM
+
+    from eval.metrics import DEFAULT_OOS_LABEL
+
+    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=compute_dtype(config))
+    model.eval()
+    return synthetic_oos_records(records, count, model, tokenizer, label=DEFAULT_OOS_LABEL, seed=config.seed)
 
 
 def check_quantization_backend() -> None:
@@ -280,6 +303,7 @@ def training_args(plan: TrainPlan, run_dir: Path) -> Any:
         lr_scheduler_type=config.lr_scheduler_type,
         warmup_steps=config.warmup_ratio,
         weight_decay=config.weight_decay,
+        label_smoothing_factor=config.label_smoothing,
         seed=config.seed,
         data_seed=config.seed,
         bf16=full_bf16,
@@ -404,6 +428,9 @@ def train(plan: TrainPlan, *, resume: bool = False, tensorboard_dir: Path | None
         save_model_dir(merged, plan.base_model, tmp)
         if config.is_lora:  # the adapter too: small, and what `intentlm model prepare` bundles for the demo
             shutil.copytree(adapter_dir, tmp / "adapter")
+        if plan.synthetic_oos:  # what the model was taught to answer oos(), for review
+            (tmp / SYNTHETIC_OOS_FILE).write_text(
+                json.dumps([r.to_json() for r in plan.synthetic_oos], indent=1, ensure_ascii=False) + "\n")
         if eval_data is not None:
             card.metrics["eval"] = evaluate_model(tmp, eval_data, card)
         write_card(tmp, card)
@@ -524,7 +551,8 @@ def describe(plan: TrainPlan) -> list[str]:
     """The lines logged before training starts."""
     stats = plan.token_stats()
     lines = [f"{plan.config.mode} fine-tuning of {plan.base_model} on {plan.data_file}: "
-             f"{stats['records_used']} records ({plan.composed} composed), {stats['tokens_per_epoch']} tokens/epoch "
+             f"{stats['records_used']} records ({plan.composed} composed, {len(plan.synthetic_oos)} synthetic "
+             f"out-of-scope), {stats['tokens_per_epoch']} tokens/epoch "
              f"({stats['answer_tokens_per_epoch']} answer tokens scored), {len(plan.intents)} intents"]
     if plan.batch_note:
         lines.append(plan.batch_note)

@@ -1,0 +1,28 @@
+"""Synthetic out-of-scope records: cue words come from the data, generations take the data's style.
+
+The generation itself runs through the real base model in tests/test_train.py (the full run).
+"""
+
+from __future__ import annotations
+
+from conftest import TRAIN_FILE
+from training.data.dataset import Record, load_dataset
+from training.data.synthetic_oos import cue_words, restyle
+
+
+def test_cue_words_point_to_one_intent_and_function_words_are_not_cues() -> None:
+    cues = cue_words(load_dataset(TRAIN_FILE))
+    assert {"alarm", "weather", "volume", "lights", "vacuum"} <= cues
+    assert not {"the", "me", "please", "what", "and", "this"} & cues
+
+
+def test_a_generation_is_restyled_to_the_data() -> None:
+    lower_plain = [Record("set an alarm for six am", "alarm_set(six am)"),
+                   Record("what's the quick brown fox jumping over the lazy dog", "datetime_query()")]
+    assert restyle("What's the best pizza in Rome? Tell me.", lower_plain) == "what's the best pizza in rome"
+    assert restyle('"Hello there!" I said.\nMore text', lower_plain) == "hello there i said"  # first line
+    assert restyle("Why is 1.75 cm small?", lower_plain) == "why is cm small"  # digits are not in the data
+    assert restyle("Wonderful!", lower_plain) is None  # too short for a request
+    assert restyle(" ".join(["word"] * 20), lower_plain) is None  # too long
+    cased = [Record("Is it 6 yet? The quick brown fox jumps over the lazy dog", "datetime_query()")]
+    assert restyle("Is it 6 already? Yes.", cased) == "Is it 6 already"
