@@ -146,7 +146,10 @@ def tokenize(records: list[Record], tokenizer: Any, config: TrainConfig) -> tupl
 
 def plan_training(data: Path, output: Path, config: TrainConfig, explicit: set[str], base_model: Path,
                   *, resume: bool = False) -> TrainPlan:
-    """Check every input and tokenize the data; raises TrainError/DatasetError before any compute."""
+    """Check every input and tokenize the data; raises TrainError/DatasetError before any training.
+
+    The one compute step here is writing the ``synthetic_oos`` records (seeded, so a --resume writes the same).
+    """
     if output.exists() and not output.is_dir():
         raise TrainError(f"--output {output} exists and is a file; give a directory path")
     if not (base_model / "config.json").is_file():

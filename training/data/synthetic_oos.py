@@ -76,14 +76,13 @@ def synthetic_oos_records(records: list[Record], count: int, model: Any, tokeniz
     known = {r.instruction.lower() for r in records}
     rng = random.Random(seed)
     torch.manual_seed(seed)
-    tokenizer.padding_side = "left"
     found: dict[str, None] = {}
     # Each round samples a batch; a round that finds nothing new means the model has run dry.
     for _ in range(max(4, 4 * count // batch_size)):
         topics = [rng.choice(TOPICS) for _ in range(batch_size)]
         prompts = [tokenizer.apply_chat_template([{"role": "user", "content": QUESTION.format(topic=t)}],
                                                  tokenize=False, add_generation_prompt=True) for t in topics]
-        inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        inputs = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
         with torch.inference_mode():
             out = model.generate(**inputs, do_sample=True, temperature=0.8, top_p=0.95, max_new_tokens=24,
                                  pad_token_id=tokenizer.pad_token_id)
