@@ -5,9 +5,15 @@ The generation itself runs through the real base model in tests/test_train.py (t
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from conftest import TRAIN_FILE
 from training.data.dataset import Record, load_dataset
+from training.config import TrainConfig
 from training.data.synthetic_oos import cue_words, restyle
+from training.trainer import TrainError, synthetic_oos
 
 
 def test_cue_words_point_to_one_intent_and_function_words_are_not_cues() -> None:
@@ -26,3 +32,11 @@ def test_a_generation_is_restyled_to_the_data() -> None:
     assert restyle(" ".join(["word"] * 20), lower_plain) is None  # too long
     cased = [Record("Is it 6 yet? The quick brown fox jumps over the lazy dog", "datetime_query()")]
     assert restyle("Is it 6 already? Yes.", cased) == "Is it 6 already"
+
+
+def test_a_base_model_without_a_chat_template_is_refused_before_any_compute(tmp_path: Path) -> None:
+    records = [Record("set an alarm for six am", "alarm_set(six am)")] * 10
+    no_template = type("Tokenizer", (), {"chat_template": None})()
+    assert synthetic_oos(records, TrainConfig(synthetic_oos=0), tmp_path, no_template) == []
+    with pytest.raises(TrainError, match="chat template"):
+        synthetic_oos(records, TrainConfig(synthetic_oos=0.5), tmp_path, no_template)

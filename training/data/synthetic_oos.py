@@ -9,8 +9,8 @@ Two filters keep them honest:
 
 * a generation that uses a *cue word* of an in-scope intent (a word the training data uses mostly
   under one intent, e.g. "alarm") is dropped, so that no in-scope request is taught as ``oos()``;
-* the rest are written in the data's own style (its case and punctuation), so that the model cannot
-  tell them apart by style alone.
+* the rest are written in the data's own style (its case and its characters), so that the model
+  cannot tell them apart by style alone.
 """
 
 from __future__ import annotations
