@@ -19,11 +19,14 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from service.intents import parse  # noqa: E402
+
 HELD_OUT = ("calendar_set", "iot_cleaning", "weather_query")
 
 
 def intents_of(record: dict) -> set[str]:
-    return {call.split("(", 1)[0] for call in record["output"].split(";")}
+    return {call.name for call in parse(record["output"])}
 
 
 def main(train: str, val: str, out_dir: str) -> None:
@@ -32,7 +35,7 @@ def main(train: str, val: str, out_dir: str) -> None:
     sides = {name: json.loads(Path(path).read_text()) for name, path in (("train", train), ("val", val))}
     kept = {name: [r for r in records if not intents_of(r) & set(HELD_OUT)] for name, records in sides.items()}
     oos = [{"instruction": r["instruction"], "output": "oos()"} for records in sides.values() for r in records
-           if ";" not in r["output"] and intents_of(r) & set(HELD_OUT)]
+           if len(parse(r["output"])) == 1 and intents_of(r) & set(HELD_OUT)]
     files = {"train.json": kept["train"], "val.json": kept["val"], "val_plus_oos.json": kept["val"] + oos}
     for name, records in files.items():
         (out / name).write_text(json.dumps(records, indent=1))

@@ -48,13 +48,15 @@ def main(train: str, calibration: str, report: str) -> None:
     for record in json.loads(Path(train).read_text()):
         vocabulary |= set(_WORD.findall(record["instruction"].lower())) - argument_words(record["output"])
 
-    def known(row: dict) -> float:
-        words = [w for w in _WORD.findall(row["instruction"].lower()) if w not in argument_words(row["raw"])]
-        return sum(w in vocabulary for w in words) / len(words) if words else 1.0
+    cal, test = rows(calibration), rows(report)
+    for row in cal + test:
+        arguments = argument_words(row["raw"])
+        words = [w for w in _WORD.findall(row["instruction"].lower()) if w not in arguments]
+        row["known"] = sum(w in vocabulary for w in words) / len(words) if words else 1.0
 
     scores: dict[str, Callable[[dict], float]] = {
-        "conf": lambda r: r["confidence"], "known": known, "conf*known": lambda r: r["confidence"] * known(r)}
-    cal, test = rows(calibration), rows(report)
+        "conf": lambda r: r["confidence"], "known": lambda r: r["known"],
+        "conf*known": lambda r: r["confidence"] * r["known"]}
     inside = [r for r in test if r["gold_intent"] != "oos"]
     outside = [r for r in test if r["gold_intent"] == "oos"]
     for name, score in scores.items():

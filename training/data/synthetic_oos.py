@@ -18,6 +18,7 @@ from __future__ import annotations
 import random
 import re
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 from training.data.dataset import Record
@@ -49,7 +50,20 @@ def cue_words(records: list[Record]) -> set[str]:
             if sum(counts.values()) >= MIN_CUE_COUNT and max(counts.values()) >= MIN_CUE_SHARE * sum(counts.values())}
 
 
-def restyle(text: str, records: list[Record]) -> str | None:
+@dataclass(frozen=True)
+class DataStyle:
+    """How the data's instructions are written: lower case or not, and the characters they use."""
+
+    lowercase: bool
+    charset: frozenset[str]
+
+    @classmethod
+    def of(cls, records: list[Record]) -> DataStyle:
+        return cls(all(r.instruction == r.instruction.lower() for r in records),
+                   frozenset("".join(r.instruction for r in records)))
+
+
+def restyle(text: str, style: DataStyle) -> str | None:
     """The generation's first sentence in the data's style, or None when it is too short or too long for a request.
 
     Style: lower case if the data is, and only characters the data's instructions use (HWU64 has
@@ -57,10 +71,9 @@ def restyle(text: str, records: list[Record]) -> str | None:
     """
     lines = text.strip().splitlines()
     first = _SENTENCE_END.split(lines[0])[0] if lines else ""
-    if all(r.instruction == r.instruction.lower() for r in records):
+    if style.lowercase:
         first = first.lower()
-    charset = set("".join(r.instruction for r in records))
-    first = "".join(ch if ch in charset or ch.isspace() else " " for ch in first)
+    first = "".join(ch if ch in style.charset or ch.isspace() else " " for ch in first)
     words = [w for w in (w.strip(_EDGE) for w in first.split()) if w]
     return " ".join(words) if MIN_WORDS <= len(words) <= MAX_WORDS else None
 
@@ -73,6 +86,7 @@ def synthetic_oos_records(records: list[Record], count: int, model: Any, tokeniz
     if count <= 0:
         return []
     cues = cue_words(records)
+    style = DataStyle.of(records)
     known = {r.instruction.lower() for r in records}
     rng = random.Random(seed)
     torch.manual_seed(seed)
@@ -88,7 +102,7 @@ def synthetic_oos_records(records: list[Record], count: int, model: Any, tokeniz
                                  pad_token_id=tokenizer.pad_token_id)
         before = len(found)
         for text in tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True):
-            request = restyle(text, records)
+            request = restyle(text, style)
             if request and request.lower() not in known and not set(_WORD.findall(request.lower())) & cues:
                 found[request] = None
         if len(found) >= count or len(found) == before:
