@@ -31,6 +31,7 @@ class Prediction(BaseModel):
     intents: list[Intent]
     raw: str
     confidence: float
+    familiarity: float | None = None  # share of the request's words seen in training; None: not scored
     latency_ms: float
 
     def __str__(self) -> str:

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from service.scope import OutOfScopeRule
+
 KEEP = 0.99  # keep ≥ 99 % of the in-scope accuracy (≈ 1 point at 95 %): issue 7's cost budget
 BINS = 10
 
@@ -29,22 +31,42 @@ class Bin:
     accuracy: float
 
 
-def accuracy_at(threshold: float, confidences: Sequence[float], correct: Sequence[bool]) -> float:
-    """In-scope accuracy when records below ``threshold`` are answered out-of-scope (counted wrong)."""
-    return sum(ok and c >= threshold for c, ok in zip(confidences, correct)) / len(correct)
+def kept_accuracy(rejected: Sequence[bool], correct: Sequence[bool]) -> float:
+    """In-scope accuracy when the ``rejected`` records are answered out-of-scope (counted wrong)."""
+    return sum(ok and not r for r, ok in zip(rejected, correct)) / len(correct)
 
 
-def choose_threshold(confidences: Sequence[float], correct: Sequence[bool], keep: float = KEEP) -> float:
-    """The highest threshold whose in-scope accuracy stays ≥ ``keep`` × the accuracy without one."""
-    if not confidences:
-        raise ValueError("no confidences to calibrate on")
-    target = keep * accuracy_at(0.0, confidences, correct)
+def accuracy_at(threshold: float, scores: Sequence[float], correct: Sequence[bool]) -> float:
+    """In-scope accuracy when records scoring below ``threshold`` are answered out-of-scope."""
+    return kept_accuracy([s < threshold for s in scores], correct)
+
+
+def choose_threshold(scores: Sequence[float], correct: Sequence[bool], keep: float = KEEP,
+                     rejected: Sequence[bool] | None = None) -> float:
+    """The highest threshold whose in-scope accuracy stays ≥ ``keep`` × the accuracy without any
+    rejection, with the ``rejected`` records (by another score) answered out-of-scope too."""
+    if not scores:
+        raise ValueError("no scores to calibrate on")
+    rejected = rejected or [False] * len(scores)
+    target = keep * kept_accuracy([False] * len(scores), correct)
     best = 0.0
-    for threshold in sorted(set(confidences)):
-        if accuracy_at(threshold, confidences, correct) < target:
+    for threshold in sorted(set(scores)):
+        if kept_accuracy([r or s < threshold for r, s in zip(rejected, scores)], correct) < target:
             break
         best = threshold
     return best
+
+
+def choose_rule(confidences: Sequence[float], familiarities: Sequence[float] | None, correct: Sequence[bool],
+                keep: float = KEEP) -> OutOfScopeRule:
+    """Both thresholds, together keeping ``keep`` of the in-scope accuracy: familiarity's first, as the
+    stronger out-of-scope signal (bench/accuracy.md §5), then the confidence's on what it keeps.
+    Without familiarities (a card without a vocabulary) only the confidence is thresholded."""
+    if familiarities is None:
+        return OutOfScopeRule(confidence_threshold=choose_threshold(confidences, correct, keep))
+    familiarity = choose_threshold(familiarities, correct, keep)
+    rejected = [f < familiarity for f in familiarities]
+    return OutOfScopeRule(choose_threshold(confidences, correct, keep, rejected), familiarity)
 
 
 def fit_temperature(confidences: Sequence[float], correct: Sequence[bool]) -> float:
@@ -111,25 +133,33 @@ class Confidences:
     in_scope: list[float]
     in_scope_correct: list[bool]  # the model's own answer (before any threshold) names the gold intent
     out_of_scope: list[float]
+    # The familiarity scores of the same records; None when the run has none (no vocabulary in the card).
+    in_scope_familiarity: list[float] | None = None
+    out_of_scope_familiarity: list[float] | None = None
 
 
 def from_rows(rows: Sequence[dict[str, Any]], oos_label: str) -> Confidences | None:
-    """Split the rows into in-scope (with correctness of the raw answer) and out-of-scope confidences."""
+    """Split the rows into in-scope (with correctness of the raw answer) and out-of-scope scores."""
     from eval.metrics import score_record
 
     scored = [r for r in rows if r.get("confidence") is not None]
     if not scored:
         return None
     inside = [r for r in scored if r["gold_intent"] != oos_label]
+    outside = [r for r in scored if r["gold_intent"] == oos_label]
+    familiar = all(r.get("familiarity") is not None for r in scored)
     return Confidences(
         in_scope=[r["confidence"] for r in inside],
         in_scope_correct=[score_record(r["gold"], r["raw"]).intent_correct for r in inside],
-        out_of_scope=[r["confidence"] for r in scored if r["gold_intent"] == oos_label],
+        out_of_scope=[r["confidence"] for r in outside],
+        in_scope_familiarity=[r["familiarity"] for r in inside] if familiar else None,
+        out_of_scope_familiarity=[r["familiarity"] for r in outside] if familiar else None,
     )
 
 
-def calibration_png(c: Confidences, threshold: float | None = None) -> bytes:
-    """Reliability diagram (with ECE) beside the in-scope / out-of-scope trade-off over the threshold."""
+def calibration_png(c: Confidences, rule: OutOfScopeRule | None = None) -> bytes:
+    """Reliability diagram (with ECE) beside the in-scope / out-of-scope trade-off over each score's
+    threshold (confidence, and familiarity when the run has it), with ``rule``'s thresholds marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -148,17 +178,23 @@ def calibration_png(c: Confidences, threshold: float | None = None) -> bytes:
         left.set_xlabel("confidence (intent-name probability)")
         left.set_ylabel("intent accuracy")
         left.legend(loc="upper left")
-    curve = tradeoff(c.in_scope, c.in_scope_correct, c.out_of_scope)
-    ts = [t for t, _, _ in curve]
-    right.plot(ts, [a for _, a, _ in curve], label="in-scope accuracy")
-    if c.out_of_scope:
-        right.plot(ts, [r for _, _, r in curve], label=f"out-of-scope recall (n={len(c.out_of_scope)})")
-    if threshold is not None:
-        right.axvline(threshold, color="red", linestyle=":", label=f"threshold {threshold:.3f}")
+    scores = [("confidence", "-", c.in_scope, c.out_of_scope, rule.confidence_threshold if rule else 0.0)]
+    if c.in_scope_familiarity is not None and c.out_of_scope_familiarity is not None:
+        scores.append(("familiarity", "--", c.in_scope_familiarity, c.out_of_scope_familiarity,
+                       rule.familiarity_threshold if rule else 0.0))
+    for name, style, inside, outside, threshold in scores:
+        curve = tradeoff(inside, c.in_scope_correct, outside)
+        ts = [t for t, _, _ in curve]
+        right.plot(ts, [a for _, a, _ in curve], style, color="tab:blue", label=f"in-scope accuracy ({name})")
+        if outside:
+            right.plot(ts, [r for _, _, r in curve], style, color="tab:orange",
+                       label=f"out-of-scope recall ({name}, n={len(outside)})")
+        if threshold:
+            right.axvline(threshold, color="red", linestyle=style, label=f"{name} threshold {threshold:.3f}")
     right.set_title("Out-of-scope threshold trade-off")
     right.set_xlabel("threshold (answers below it become out-of-scope)")
     right.set_ylim(0, 1.02)
-    right.legend(loc="lower left")
+    right.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)

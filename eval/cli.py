@@ -15,6 +15,7 @@ from eval.metrics import DEFAULT_OOS_LABEL
 
 if TYPE_CHECKING:
     from eval.runner import Prediction
+    from service.scope import OutOfScopeRule
     from training.data.dataset import Record
 
 
@@ -37,9 +38,9 @@ if TYPE_CHECKING:
 @click.option("--oos-label", default=DEFAULT_OOS_LABEL, show_default=True,
               help="Intent name of out-of-scope records (for out-of-scope recall).")
 @click.option("--calibrate", is_flag=True,
-              help="--model only: on this held-out IN-SCOPE data (the validation split), choose the out-of-scope "
-                   "confidence threshold keeping 99 % of the in-scope accuracy and write it into the model's "
-                   "intentlm.json (the server's default threshold).")
+              help="--model only: on this held-out IN-SCOPE data (the validation split), fit the confidence "
+                   "temperature and choose the out-of-scope thresholds (familiarity, then confidence) keeping 99 % "
+                   "of the in-scope accuracy; write them into the model's intentlm.json (the server's defaults).")
 @click.option("--limit", type=click.IntRange(1), help="Evaluate only the first N records.")
 @click.option("--compare", nargs=2, type=click.Path(path_type=Path, exists=True, dir_okay=False),
               metavar="A/metrics.json B/metrics.json", help="Show two earlier runs side by side instead.")
@@ -102,16 +103,17 @@ def eval_command(
     golds = [r.output for r in records]
 
     start = time.perf_counter()
-    threshold = None
+    rule = None
     if model_dir is not None:
         from eval.runner import model_card
+        from service.scope import OutOfScopeRule
 
-        # Calibration looks at the raw confidences, and free-form decoding is the reference script's, which
-        # has no out-of-scope step; a constrained evaluation applies the card's threshold, as the server does.
-        threshold = 0.0 if calibrate or free_form else model_card(model_dir).oos_threshold
+        # Calibration looks at the raw scores, and free-form decoding is the reference script's, which has
+        # no out-of-scope step; a constrained evaluation applies the card's thresholds, as the server does.
+        rule = OutOfScopeRule() if calibrate or free_form else model_card(model_dir).oos_rule()
     predictions = _predict(model_dir, url, records, free_form=free_form, api=api, token=token,
                            concurrency=concurrency, system_prompt=system_prompt, oos_label=oos_label,
-                           oos_threshold=threshold)
+                           oos_rule=rule)
     wall_s = time.perf_counter() - start
 
     latencies = [p.latency_ms for p in predictions if p.latency_ms is not None]
@@ -129,27 +131,29 @@ def eval_command(
             wall_s=round(wall_s, 3),
             created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             oos_label=oos_label,
-            oos_threshold=threshold or None,
         ),
         metrics=metrics,
     )
     scores = [score_record(g, p.text) for g, p in zip(golds, predictions)]
     rows = report.prediction_rows(instructions, golds, predictions, scores)
     if calibrate:
-        result.run.oos_threshold = _calibrate(model_dir, rows, oos_label, data_file)  # type: ignore[arg-type]
+        rule = _calibrate(model_dir, rows, oos_label, data_file)  # type: ignore[arg-type]
+    if rule is not None:
+        result.run.oos_threshold = rule.confidence_threshold or None
+        result.run.familiarity_threshold = rule.familiarity_threshold or None
     click.echo(report.console_report(result))
     if report_dir is not None:
         out = report.write_report(report_dir, result, rows)
         click.echo(f"\nreport: {out / 'report.html'}")
 
 
-def _calibrate(model_dir: Path, rows: list[dict], oos_label: str, data_file: Path) -> float:
-    """Fit the confidence temperature and choose the out-of-scope threshold on in-scope rows; write both into the card.
+def _calibrate(model_dir: Path, rows: list[dict], oos_label: str, data_file: Path) -> OutOfScopeRule:
+    """Fit the confidence temperature and choose the out-of-scope thresholds on in-scope rows; write them
+    into the card (``eval.calibration.choose_rule``).
 
     The rows' confidences are already under the card's temperature, so the fitted one multiplies it.
     """
-    from eval.calibration import (KEEP, accuracy_at, choose_threshold, expected_calibration_error, fit_temperature,
-                                  from_rows, rescale)
+    from eval.calibration import KEEP, choose_rule, expected_calibration_error, fit_temperature, from_rows, rescale
     from eval.runner import model_card
     from service.modelcard import write_card
 
@@ -159,20 +163,24 @@ def _calibrate(model_dir: Path, rows: list[dict], oos_label: str, data_file: Pat
     card = model_card(model_dir)
     factor = fit_temperature(c.in_scope, c.in_scope_correct)
     calibrated = rescale(c.in_scope, factor)
-    threshold = choose_threshold(calibrated, c.in_scope_correct)
+    rule = choose_rule(calibrated, c.in_scope_familiarity, c.in_scope_correct)
+    familiarities = c.in_scope_familiarity or [None] * len(calibrated)
+    kept = [ok and not rule.rejects(p, f) for p, f, ok in zip(calibrated, familiarities, c.in_scope_correct)]
     card.confidence_temperature = round(card.confidence_temperature * factor, 4)
-    card.oos_threshold = threshold
+    card.oos_threshold = rule.confidence_threshold
+    card.familiarity_threshold = rule.familiarity_threshold if c.in_scope_familiarity is not None else None
     card.metrics["calibration"] = {
         "data": str(data_file), "records": len(c.in_scope), "keep": KEEP,
-        "in_scope_accuracy": round(accuracy_at(0.0, calibrated, c.in_scope_correct), 4),
-        "in_scope_accuracy_at_threshold": round(accuracy_at(threshold, calibrated, c.in_scope_correct), 4),
+        "in_scope_accuracy": round(sum(c.in_scope_correct) / len(calibrated), 4),
+        "in_scope_accuracy_at_threshold": round(sum(kept) / len(calibrated), 4),
         "ece_before": round(expected_calibration_error(c.in_scope, c.in_scope_correct), 4),
         "ece": round(expected_calibration_error(calibrated, c.in_scope_correct), 4),
     }
     write_card(model_dir, card)
-    click.echo(f"calibrated: confidence_temperature = {card.confidence_temperature}, oos_threshold = {threshold:.6f} "
+    click.echo(f"calibrated: confidence_temperature = {card.confidence_temperature}, "
+               f"oos_threshold = {card.oos_threshold:.6f}, familiarity_threshold = {card.familiarity_threshold} "
                f"written to {model_dir / 'intentlm.json'} ({card.metrics['calibration']})")
-    return threshold
+    return rule
 
 
 def _predict(
@@ -186,7 +194,7 @@ def _predict(
     concurrency: int,
     system_prompt: str | None,
     oos_label: str,
-    oos_threshold: float | None,
+    oos_rule: OutOfScopeRule | None,
 ) -> list[Prediction]:
     """Run the chosen predictor; its failures become one clear line, not a traceback."""
     from eval.runner import RunnerError, predict_with_model, predict_with_url
@@ -200,6 +208,6 @@ def _predict(
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         return predict_with_model(model_dir, [r.instruction for r in records], constrained=not free_form,
                                   fallback_intents=sorted({c.name for r in records for c in r.calls()}),
-                                  system_prompt=system_prompt, oos_label=oos_label, oos_threshold=oos_threshold)
+                                  system_prompt=system_prompt, oos_label=oos_label, oos_rule=oos_rule)
     except RunnerError as exc:
         raise click.ClickException(str(exc)) from None

@@ -42,10 +42,10 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 
 from service.intents import Call, parse, try_parse
+from service.scope import DEFAULT_OOS_LABEL
 
 MALFORMED = "(malformed)"
 OTHER = "(other)"
-DEFAULT_OOS_LABEL = "oos"
 
 
 def reference_record(gold: str, pred: str) -> tuple[bool, bool]:

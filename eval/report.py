@@ -19,8 +19,9 @@ from typing import Any
 import orjson
 from pydantic import BaseModel
 
-from eval.metrics import Metrics, RecordScore
+from eval.metrics import DEFAULT_OOS_LABEL, Metrics, RecordScore
 from service.modelcard import atomic_write_bytes
+from service.scope import OutOfScopeRule
 
 WORST_ERRORS = 25
 
@@ -36,8 +37,13 @@ class RunInfo(BaseModel):
     constrained: bool
     wall_s: float
     created_at: str
-    oos_label: str = "oos"
+    oos_label: str = DEFAULT_OOS_LABEL
     oos_threshold: float | None = None  # the confidence threshold applied (None: none)
+    familiarity_threshold: float | None = None  # the familiarity threshold applied (None: none)
+
+    def oos_rule(self) -> OutOfScopeRule:
+        """The out-of-scope rule this run applied."""
+        return OutOfScopeRule(self.oos_threshold or 0.0, self.familiarity_threshold or 0.0)
 
 
 class EvalResult(BaseModel):
@@ -70,6 +76,7 @@ def prediction_rows(
             "malformed": s.malformed,
             "latency_ms": p.latency_ms,
             "confidence": p.confidence,
+            "familiarity": p.familiarity,
         }
         for instruction, gold, p, s in zip(instructions, golds, predictions, scores)
     ]
@@ -191,13 +198,17 @@ def _calibration_section(result: EvalResult, rows: Sequence[dict[str, Any]], *, 
     c = from_rows(rows, result.run.oos_label)
     if c is None or not c.in_scope:
         return []
-    threshold = result.run.oos_threshold
+    run = result.run
+    thresholds = f"confidence {run.oos_threshold:.4f}" if run.oos_threshold else "confidence none"
+    if c.in_scope_familiarity is not None:
+        thresholds += f", familiarity {run.familiarity_threshold:.4f}" if run.familiarity_threshold else \
+            ", familiarity none"
     text = (f"Expected calibration error of the intent confidence on the {len(c.in_scope)} in-scope records: "
-            f"{expected_calibration_error(c.in_scope, c.in_scope_correct):.3f}; out-of-scope threshold: "
-            f"{'none' if not threshold else f'{threshold:.4f}'}.")
+            f"{expected_calibration_error(c.in_scope, c.in_scope_correct):.3f}; out-of-scope thresholds: "
+            f"{thresholds}.")
     if markdown:
         return ["## Confidence and out-of-scope", text, "![reliability and trade-off](calibration.png)"]
-    png = base64.b64encode(calibration_png(c, threshold)).decode()
+    png = base64.b64encode(calibration_png(c, run.oos_rule())).decode()
     return [f"<h2>Confidence and out-of-scope</h2><p>{html.escape(text)}</p>"
             f"<img alt='reliability diagram and trade-off' src='data:image/png;base64,{png}'>"]
 
@@ -311,7 +322,7 @@ def write_report(out_dir: str | os.PathLike[str], result: EvalResult, rows: Sequ
     atomic_write_bytes(out / "confusion.png", png)
     confidences = from_rows(rows, result.run.oos_label)
     if confidences is not None:
-        atomic_write_bytes(out / "calibration.png", calibration_png(confidences, result.run.oos_threshold))
+        atomic_write_bytes(out / "calibration.png", calibration_png(confidences, result.run.oos_rule()))
     atomic_write_bytes(out / "metrics.json", result.model_dump_json(indent=2).encode() + b"\n")
     atomic_write_bytes(out / "predictions.jsonl", b"".join(orjson.dumps(r) + b"\n" for r in rows))
     atomic_write_bytes(out / "report.md", markdown_report(result, rows).encode())

@@ -22,9 +22,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from service.intents import Call, decoding_regex, format_calls
+from service.intents import Call, decoding_regex, format_calls, try_parse
 from service.modelcard import ModelCard, read_card
 from service.prompt import END_OF_TURN, build_prompt
+from service.scope import DEFAULT_OOS_LABEL, Familiarity, OutOfScopeRule
 
 if TYPE_CHECKING:
     from vllm import LLM
@@ -43,6 +44,7 @@ class Prediction:
     raw: str
     latency_ms: float | None = None
     confidence: float | None = None
+    familiarity: float | None = None
 
 
 class RunnerError(RuntimeError):
@@ -92,8 +94,8 @@ def predict_with_model(
     fallback_intents: Sequence[str] = (),
     system_prompt: str | None = None,
     args_from_text: bool | None = None,
-    oos_threshold: float | None = None,
-    oos_label: str = "oos",
+    oos_rule: OutOfScopeRule | None = None,
+    oos_label: str = DEFAULT_OOS_LABEL,
     max_new_tokens: int = MAX_NEW_TOKENS,
     llm: LLM | None = None,
     progress: bool = True,
@@ -104,9 +106,10 @@ def predict_with_model(
     (with a warning: the evaluator passes the data's), and, when the card says the model copies
     its arguments from the text, only word spans of each instruction as arguments (the server's
     per-request grammar, ``service.intents.decoding_regex``). ``system_prompt`` and
-    ``args_from_text`` (None: the card's) override the card's; so does ``oos_threshold`` (None: the
-    card's calibrated one, else 0 = off): an answer less confident than it becomes ``oos_label()``,
-    as the server answers (``raw`` keeps what the model wrote).
+    ``args_from_text`` (None: the card's) override the card's; so does ``oos_rule`` (None: the
+    card's calibrated thresholds): an answer it rejects becomes ``oos_label()``, as
+    the server answers (``raw`` keeps what the model wrote). Each answer's familiarity is scored
+    when the card has a vocabulary.
     Pass ``llm`` to reuse a loaded engine (it must hold ``model_dir``).
     """
     from vllm import SamplingParams
@@ -115,7 +118,7 @@ def predict_with_model(
 
     card = model_card(model_dir)
     spans = card.args_from_text if args_from_text is None else args_from_text
-    threshold = (card.oos_threshold or 0.0) if oos_threshold is None else oos_threshold
+    rule = card.oos_rule() if oos_rule is None else oos_rule
     allowed = list(card.intents if intents is None else intents)
     if constrained and not allowed and fallback_intents:
         log.warning("%s lists no intents; constraining decoding to the %d given ones", model_dir, len(fallback_intents))
@@ -151,12 +154,16 @@ def predict_with_model(
         for instruction in instructions
     ]
     outputs = llm.generate(prompts, params, use_tqdm=progress)
+    familiarity = Familiarity(card.vocabulary) if card.vocabulary is not None else None
     predictions = [_from_output(out, tokenizer, card.confidence_temperature) for out in outputs]
+    if familiarity is not None:
+        predictions = [replace(p, familiarity=familiarity.score(instruction, try_parse(p.raw.strip()) or []))
+                       for p, instruction in zip(predictions, instructions)]
     return [
-        replace(p, text=f"{oos_label}()") if p.confidence is not None and p.confidence < threshold else p
+        replace(p, text=f"{oos_label}()") if p.confidence is not None and rule.rejects(p.confidence, p.familiarity)
+        else p
         for p in predictions
     ]
-
 
 def _from_output(out: Any, tokenizer: Any, temperature: float) -> Prediction:
     """Score the raw text as it is, unstripped, as the reference script scores its decode.
@@ -232,7 +239,7 @@ async def _predict_with_url(
                 calls = [Call(i.name, tuple(i.args)) for i in reply.intents]
                 prediction = Prediction(text=format_calls(calls) if calls else reply.raw, raw=reply.raw,
                                         latency_ms=(time.perf_counter() - start) * 1000,
-                                        confidence=reply.confidence)
+                                        confidence=reply.confidence, familiarity=reply.familiarity)
             bar.update()
             return prediction
 

@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.modelcard import base_model_dir, demo_model_dir
+from service.scope import DEFAULT_OOS_LABEL
 
 
 class ModelNotFoundError(RuntimeError):
@@ -46,11 +47,18 @@ class Settings(BaseSettings):
         256, ge=1, description="Upper bound on any request's max_new_tokens (intent answers are short)."
     )
     intent_max_tokens: int = Field(64, ge=1, description="Answer budget of /v1/intents.")
-    oos_label: str = Field("oos", description="Intent returned when confidence is below oos_threshold.")
+    oos_label: str = Field(
+        DEFAULT_OOS_LABEL, description="Intent returned when confidence is below oos_threshold or familiarity below "
+        "familiarity_threshold.")
     oos_threshold: float | None = Field(
         None, ge=0, le=1,
         description="Below this confidence the answer is out-of-scope; unset: the model card's calibrated "
         "threshold (`intentlm eval --calibrate`), else 0 = off.",
+    )
+    familiarity_threshold: float | None = Field(
+        None, ge=0, le=1,
+        description="Below this familiarity (the share of the request's words seen in training) the answer is "
+        "out-of-scope; unset: the model card's calibrated threshold, else 0 = off.",
     )
 
     # CPU: the KV cache vLLM reserves, in GiB (VLLM_CPU_KVCACHE_SPACE), when the variable is unset.

@@ -26,6 +26,7 @@ from service.intents import decoding_regex, try_parse
 from service.modelcard import ModelCard, read_card
 from service.prompt import END_OF_TURN, build_prompt, fold_history
 from service.protocol import EasRequest, IntentCall, IntentPrediction
+from service.scope import Familiarity
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
@@ -134,9 +135,8 @@ class IntentEngine:
         self._free_intent_params.structured_outputs = None
         self._kinds = RequestOutputKind
         self._known_intents = set(card.intents) | {settings.oos_label}
-        # The operator's threshold, else the one calibrated into the card, else off.
-        configured = settings.oos_threshold
-        self.oos_threshold = configured if configured is not None else card.oos_threshold or 0.0
+        self.oos_rule = card.oos_rule(settings.oos_threshold, settings.familiarity_threshold)
+        self.familiarity = Familiarity(card.vocabulary) if card.vocabulary is not None else None
         metrics.MODEL_INFO.info(
             {
                 "name": model_dir.name,
@@ -282,17 +282,18 @@ class IntentEngine:
             self.encode(text, system_prompt=system_prompt, history=history, field=field)
             for text, field in zip(texts, fields)
         ]
-        params = [self.intent_params(text, history, constrained) for text in texts]
+        folded = [fold_history(text, history) for text in texts]
+        params = [self.intent_params(text, constrained) for text in folded]
         if len(prompts) == 1:
-            return [await self._label(prompts[0], params[0], constrained, route, start)]
+            return [await self._label(prompts[0], params[0], folded[0], constrained, route, start)]
         return list(await asyncio.gather(
-            *(self._label(ids, p, constrained, route, start) for ids, p in zip(prompts, params))
+            *(self._label(ids, p, text, constrained, route, start) for ids, p, text in zip(prompts, params, folded))
         ))
 
-    def intent_params(self, text: str, history: Sequence[Sequence[str]], constrained: bool) -> SamplingParams:
-        """Sampling for one utterance: free, the model's intent grammar, or (for a model whose
-        arguments are copied from the text) that grammar with arguments limited to the request's
-        word spans, built per request (≈ 5 ms to compile, bench/accuracy.md)."""
+    def intent_params(self, text: str, constrained: bool) -> SamplingParams:
+        """Sampling for one utterance (``text`` with its history folded in): free, the model's intent
+        grammar, or (for a model whose arguments are copied from the text) that grammar with arguments
+        limited to the request's word spans, built per request (≈ 5 ms to compile, bench/accuracy.md)."""
         if not constrained:
             return self._free_intent_params
         if not self.card.args_from_text:
@@ -300,15 +301,13 @@ class IntentEngine:
         from vllm.sampling_params import StructuredOutputsParams
 
         params = self._intent_params.clone()
-        params.structured_outputs = StructuredOutputsParams(
-            regex=decoding_regex(self.card.intents, fold_history(text, history))
-        )
+        params.structured_outputs = StructuredOutputsParams(regex=decoding_regex(self.card.intents, text))
         return params
 
     async def _label(
-        self, ids: list[int], params: SamplingParams, constrained: bool, route: str, start: float
+        self, ids: list[int], params: SamplingParams, text: str, constrained: bool, route: str, start: float
     ) -> IntentPrediction:
-        """Decode one prompt, parse, score, apply the out-of-scope threshold."""
+        """Decode one prompt, parse, score, apply the out-of-scope rule (``text``: the utterance, history folded)."""
         generation = await self._final(ids, params, route=route)
         raw = generation.text.strip()
         calls = try_parse(raw)
@@ -320,8 +319,9 @@ class IntentEngine:
             calls = []
         confidence = intent_confidence(generation.token_ids, generation.logprobs, self.tokenizer,
                                        self.card.confidence_temperature)
+        familiarity = self.familiarity.score(text, calls) if self.familiarity is not None else None
         intents = [IntentCall(name=c.name, args=list(c.args)) for c in calls]
-        if calls and confidence < self.oos_threshold:
+        if calls and self.oos_rule.rejects(confidence, familiarity):
             intents = [IntentCall(name=self.settings.oos_label, args=[])]
         if route != "warmup":
             for call in intents:
@@ -330,6 +330,7 @@ class IntentEngine:
             intents=intents,
             raw=raw,
             confidence=round(confidence, 6),
+            familiarity=None if familiarity is None else round(familiarity, 6),
             latency_ms=round((time.perf_counter() - start) * 1000, 3),
         )
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from service.scope import OutOfScopeRule, Vocabulary
 from service.prompt import DEFAULT_SYSTEM_PROMPT
 
 CARD_FILE = "intentlm.json"
@@ -53,6 +54,11 @@ class ModelCard(BaseModel):
     # The calibrated out-of-scope threshold on the intent confidence (`intentlm eval --calibrate`);
     # the server's default when INTENTLM_OOS_THRESHOLD is unset. None: not calibrated.
     oos_threshold: float | None = Field(None, ge=0, le=1)
+    # The training instructions' words (service.scope), written by training; None: no familiarity score.
+    vocabulary: Vocabulary | None = None
+    # The calibrated out-of-scope threshold on the familiarity score (`intentlm eval --calibrate`); the
+    # server's default when INTENTLM_FAMILIARITY_THRESHOLD is unset. None: not calibrated.
+    familiarity_threshold: float | None = Field(None, ge=0, le=1)
     # Temperature of the intent confidence (`intentlm eval --calibrate` fits it on held-out data): the
     # reported confidence is exp(log p / T), so T > 1 lifts an under-confident model.
     confidence_temperature: float = Field(1.0, gt=0)
@@ -60,6 +66,19 @@ class ModelCard(BaseModel):
     data: DataInfo | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)
     created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    def oos_rule(self, confidence_threshold: float | None = None,
+                 familiarity_threshold: float | None = None) -> OutOfScopeRule:
+        """The out-of-scope rule: each threshold as given (an operator's setting), else the calibrated
+        one of this card, else 0 (off)."""
+        return OutOfScopeRule(
+            confidence_threshold=_first_set(confidence_threshold, self.oos_threshold),
+            familiarity_threshold=_first_set(familiarity_threshold, self.familiarity_threshold),
+        )
+
+
+def _first_set(*thresholds: float | None) -> float:
+    return next((t for t in thresholds if t is not None), 0.0)
 
 
 class ModelCardError(ValueError):

@@ -93,7 +93,10 @@ class IntentPrediction(BaseModel):
 
     intents: list[IntentCall]
     raw: str
-    confidence: float
+    confidence: float = Field(description="Calibrated probability that the intent names are right.")
+    familiarity: float | None = Field(
+        None, description="Share of the request's words seen in training (service.scope); null when the model "
+        "card has no vocabulary.")
     latency_ms: float
 
 

@@ -23,6 +23,7 @@ PREDICTION = {
     "intents": [{"name": "iot_hue_lightoff", "args": []}, {"name": "alarm_set", "args": ["7 am", "monday"]}],
     "raw": "iot_hue_lightoff();alarm_set(7 am,monday)",
     "confidence": 0.93,
+    "familiarity": 0.875,
     "latency_ms": 12.5,
 }
 NO_WAIT = Retries(total=3, backoff=0.0)

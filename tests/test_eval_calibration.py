@@ -10,6 +10,7 @@ from eval.calibration import (
     Confidences,
     accuracy_at,
     calibration_png,
+    choose_rule,
     choose_threshold,
     expected_calibration_error,
     fit_temperature,
@@ -18,6 +19,7 @@ from eval.calibration import (
     rescale,
 )
 from eval.cli import eval_command
+from service.scope import OutOfScopeRule
 
 runs_st = st.lists(st.tuples(st.floats(0, 1), st.booleans()), min_size=1, max_size=60)
 
@@ -30,6 +32,27 @@ def test_threshold_keeps_99_percent_and_is_the_highest_such(run: list[tuple[floa
     assert accuracy_at(t, conf, ok) >= 0.99 * base
     higher = sorted(c for c in set(conf) if c > t)
     assert not higher or accuracy_at(higher[0], conf, ok) < 0.99 * base
+
+
+@given(st.lists(st.tuples(st.floats(0, 1), st.floats(0, 1), st.booleans()), min_size=1, max_size=60))
+def test_rule_keeps_99_percent_with_both_thresholds(run: list[tuple[float, float, bool]]) -> None:
+    conf, familiar, ok = ([r[i] for r in run] for i in range(3))
+    rule = choose_rule(conf, familiar, ok)
+    assert rule.familiarity_threshold == choose_threshold(familiar, ok)  # familiarity first, alone
+    kept = sum(k and not rule.rejects(c, f) for c, f, k in zip(conf, familiar, ok))
+    assert kept >= 0.99 * sum(ok)
+    assert choose_rule(conf, None, ok) == OutOfScopeRule(choose_threshold(conf, ok), 0.0)
+
+
+def test_confidence_threshold_spends_only_what_familiarity_left() -> None:
+    # 100 right answers; the least familiar right one is also the least confident: one rejection is all the
+    # 1 % budget allows, so familiarity takes it and the confidence threshold stays under every other right one.
+    conf = [0.5] + [0.9] * 99 + [0.95]
+    familiar = [0.1] + [0.8] * 99 + [1.0]
+    ok = [True] * 100 + [False]
+    rule = choose_rule(conf, familiar, ok)
+    assert rule.familiarity_threshold == 0.8 and rule.confidence_threshold == 0.9
+    assert not rule.rejects(0.9, 0.8) and rule.rejects(0.9, 0.1) and rule.rejects(0.5, 0.9)
 
 
 def test_threshold_rejects_the_unsure_when_they_are_wrong() -> None:
@@ -69,8 +92,11 @@ def test_rows_split_in_and_out_of_scope_on_the_raw_answer() -> None:
     c = from_rows(rows, "oos")
     assert c == Confidences(in_scope=[0.9, 0.4], in_scope_correct=[True, False], out_of_scope=[0.3])
     assert from_rows([{**rows[0], "confidence": None}], "oos") is None
-    png = calibration_png(c, threshold=0.5)
-    assert png.startswith(b"\x89PNG")
+    assert calibration_png(c, OutOfScopeRule(0.5)).startswith(b"\x89PNG")
+    familiar = from_rows([{**row, "familiarity": f} for row, f in zip(rows, (1.0, 0.5, 0.2))], "oos")
+    assert familiar is not None
+    assert (familiar.in_scope_familiarity, familiar.out_of_scope_familiarity) == ([1.0, 0.5], [0.2])
+    assert calibration_png(familiar, OutOfScopeRule(0.5, 0.6)).startswith(b"\x89PNG")
 
 
 def test_calibrate_needs_a_model_and_constrained_decoding(tmp_path) -> None:

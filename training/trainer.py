@@ -29,6 +29,7 @@ from typing import Any
 from service.intents import args_are_spans
 from service.modelcard import ARGS_FROM_TEXT_SHARE, DataInfo, ModelCard, atomic_directory, read_card, write_card
 from service.prompt import END_OF_TURN, build_prompt, build_target
+from service.scope import DEFAULT_OOS_LABEL, build_vocabulary
 from training.config import TrainConfig, fit_batch_to_data
 from training.data.compose import compose_multi_intent
 from training.data.check import check_records
@@ -187,8 +188,6 @@ def synthetic_oos(records: list[Record], config: TrainConfig, base_model: Path, 
         raise TrainError(f"synthetic_oos needs an instruct base model with a chat template; {base_model} has none "
                          "(use --synthetic_oos 0)")
     from transformers import AutoModelForCausalLM
-
-    from eval.metrics import DEFAULT_OOS_LABEL
 
     model = AutoModelForCausalLM.from_pretrained(base_model, dtype=compute_dtype(config))
     model.eval()
@@ -419,6 +418,8 @@ def train(plan: TrainPlan, *, resume: bool = False, tensorboard_dir: Path | None
         apply_chat_template=config.apply_chat_template,
         intents=plan.intents,
         args_from_text=args_from_text(plan.records),
+        vocabulary=build_vocabulary((r.instruction, r.calls()) for r in plan.records
+                                    if any(c.name != DEFAULT_OOS_LABEL for c in r.calls())),
         train_config={**config.model_dump(), "mode": config.mode, "global_batch": plan.global_batch},
         data=DataInfo(file=str(plan.data_file.resolve()), sha256=file_sha256(plan.data_file),
                       records=len(plan.records)),
