@@ -39,8 +39,12 @@ if TYPE_CHECKING:
               help="Intent name of out-of-scope records (for out-of-scope recall).")
 @click.option("--calibrate", is_flag=True,
               help="--model only: on this held-out IN-SCOPE data (the validation split), fit the confidence "
-                   "temperature and choose the out-of-scope thresholds (familiarity, then confidence) keeping 99 % "
-                   "of the in-scope accuracy; write them into the model's intentlm.json (the server's defaults).")
+                   "temperature and choose the out-of-scope threshold (on --oos-score) that rejects at most 1 % of "
+                   "correct in-scope answers; write both into the model's intentlm.json (the server's defaults).")
+@click.option("--oos-score", type=click.Choice(["confidence", "familiarity"]), default="confidence", show_default=True,
+              help="--calibrate: the score the out-of-scope threshold applies to (familiarity: the share of the "
+                   "request's words seen in training; finds more out-of-scope requests but rejects in-scope ones "
+                   "with rare words, bench/accuracy.md §5).")
 @click.option("--limit", type=click.IntRange(1), help="Evaluate only the first N records.")
 @click.option("--compare", nargs=2, type=click.Path(path_type=Path, exists=True, dir_okay=False),
               metavar="A/metrics.json B/metrics.json", help="Show two earlier runs side by side instead.")
@@ -56,6 +60,7 @@ def eval_command(
     system_prompt: str | None,
     oos_label: str,
     calibrate: bool,
+    oos_score: str,
     limit: int | None,
     compare: tuple[Path, Path] | None,
 ) -> None:
@@ -137,7 +142,7 @@ def eval_command(
     scores = [score_record(g, p.text) for g, p in zip(golds, predictions)]
     rows = report.prediction_rows(instructions, golds, predictions, scores)
     if calibrate:
-        rule = _calibrate(model_dir, rows, oos_label, data_file)  # type: ignore[arg-type]
+        rule = _calibrate(model_dir, rows, oos_label, oos_score, data_file)  # type: ignore[arg-type]
     if rule is not None:
         result.run.oos_threshold = rule.confidence_threshold or None
         result.run.familiarity_threshold = rule.familiarity_threshold or None
@@ -147,15 +152,16 @@ def eval_command(
         click.echo(f"\nreport: {out / 'report.html'}")
 
 
-def _calibrate(model_dir: Path, rows: list[dict], oos_label: str, data_file: Path) -> OutOfScopeRule:
-    """Fit the confidence temperature and choose the out-of-scope thresholds on in-scope rows; write them
-    into the card (``eval.calibration.choose_rule``).
+def _calibrate(model_dir: Path, rows: list[dict], oos_label: str, oos_score: str, data_file: Path) -> OutOfScopeRule:
+    """Fit the confidence temperature and choose the out-of-scope threshold on ``oos_score`` (in-scope rows);
+    write them into the card, replacing its earlier thresholds.
 
     The rows' confidences are already under the card's temperature, so the fitted one multiplies it.
     """
-    from eval.calibration import KEEP, choose_rule, expected_calibration_error, fit_temperature, from_rows, rescale
+    from eval.calibration import KEEP, choose_threshold, expected_calibration_error, fit_temperature, from_rows, rescale
     from eval.runner import model_card
     from service.modelcard import write_card
+    from service.scope import OutOfScopeRule
 
     c = from_rows(rows, oos_label)
     if c is None or not c.in_scope:
@@ -163,23 +169,34 @@ def _calibrate(model_dir: Path, rows: list[dict], oos_label: str, data_file: Pat
     card = model_card(model_dir)
     factor = fit_temperature(c.in_scope, c.in_scope_correct)
     calibrated = rescale(c.in_scope, factor)
-    rule = choose_rule(calibrated, c.in_scope_familiarity, c.in_scope_correct)
-    familiarities = c.in_scope_familiarity or [None] * len(calibrated)
-    kept = [ok and not rule.rejects(p, f) for p, f, ok in zip(calibrated, familiarities, c.in_scope_correct)]
+    if oos_score == "familiarity":
+        if c.in_scope_familiarity is None:
+            raise click.ClickException(f"{model_dir}: the card has no vocabulary to score familiarity with; run "
+                                       "`intentlm model vocabulary` with the model's training data first")
+        rule = OutOfScopeRule(familiarity_threshold=choose_threshold(c.in_scope_familiarity, c.in_scope_correct))
+        scores = c.in_scope_familiarity
+    else:
+        rule = OutOfScopeRule(confidence_threshold=choose_threshold(calibrated, c.in_scope_correct))
+        scores = calibrated
+    threshold = rule.confidence_threshold or rule.familiarity_threshold
     card.confidence_temperature = round(card.confidence_temperature * factor, 4)
     card.oos_threshold = rule.confidence_threshold
-    card.familiarity_threshold = rule.familiarity_threshold if c.in_scope_familiarity is not None else None
+    card.familiarity_threshold = rule.familiarity_threshold if oos_score == "familiarity" else None
+    if not threshold:
+        click.echo(f"warning: {sum(c.in_scope_correct)} correct in-scope answers cannot bound the rejection of "
+                   f"new ones to {1 - KEEP:.0%} (it takes {round(1 / (1 - KEEP)) - 1}): out-of-scope threshold off",
+                   err=True)
     card.metrics["calibration"] = {
-        "data": str(data_file), "records": len(c.in_scope), "keep": KEEP,
-        "in_scope_accuracy": round(sum(c.in_scope_correct) / len(calibrated), 4),
-        "in_scope_accuracy_at_threshold": round(sum(kept) / len(calibrated), 4),
+        "data": str(data_file), "records": len(c.in_scope), "keep": KEEP, "oos_score": oos_score,
+        "in_scope_accuracy": round(sum(c.in_scope_correct) / len(scores), 4),
+        "in_scope_accuracy_at_threshold": round(
+            sum(ok and s >= threshold for s, ok in zip(scores, c.in_scope_correct)) / len(scores), 4),
         "ece_before": round(expected_calibration_error(c.in_scope, c.in_scope_correct), 4),
         "ece": round(expected_calibration_error(calibrated, c.in_scope_correct), 4),
     }
     write_card(model_dir, card)
-    click.echo(f"calibrated: confidence_temperature = {card.confidence_temperature}, "
-               f"oos_threshold = {card.oos_threshold:.6f}, familiarity_threshold = {card.familiarity_threshold} "
-               f"written to {model_dir / 'intentlm.json'} ({card.metrics['calibration']})")
+    click.echo(f"calibrated: confidence_temperature = {card.confidence_temperature}, {oos_score} threshold = "
+               f"{threshold:.6f} written to {model_dir / 'intentlm.json'} ({card.metrics['calibration']})")
     return rule
 
 

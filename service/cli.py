@@ -25,6 +25,9 @@ import click
 @click.option("--intent-max-tokens", type=int, help="Answer budget of /v1/intents in tokens [64].")
 @click.option("--oos-threshold", type=float,
               help="Confidence below which /v1/intents answers oos() [default: the card's calibrated one, else 0: off].")
+@click.option("--familiarity-threshold", type=float,
+              help="Familiarity (share of the request's words seen in training) below which /v1/intents answers "
+                   "oos() [default: the card's calibrated one, else 0: off].")
 @click.option("--dtype", help="Weights dtype for vLLM [auto].")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="[info]")
 def serve(**flags: Any) -> None:

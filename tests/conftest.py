@@ -127,14 +127,18 @@ def link_model(source: Path, target: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def smarthome_model(base_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The base model's files (symlinked) with a card listing the 12 smart-home intents of TRAIN_FILE."""
+    """The base model's files (symlinked) with a card listing the 12 smart-home intents of TRAIN_FILE and
+    their vocabulary (no thresholds)."""
     from service.intents import parse
     from service.modelcard import ModelCard, write_card
+    from service.scope import build_vocabulary
 
     model_dir = link_model(base_model, tmp_path_factory.mktemp("smarthome-model"))
     records = json.loads(TRAIN_FILE.read_text())
     intents = sorted({call.name for record in records for call in parse(record["output"])})
-    write_card(model_dir, ModelCard(base_model=base_model.name, system_prompt=SMARTHOME_SYSTEM_PROMPT, intents=intents))
+    vocabulary = build_vocabulary((record["instruction"], parse(record["output"])) for record in records)
+    write_card(model_dir, ModelCard(base_model=base_model.name, system_prompt=SMARTHOME_SYSTEM_PROMPT, intents=intents,
+                                    vocabulary=vocabulary))
     return model_dir
 
 

@@ -8,9 +8,7 @@ from hypothesis import strategies as st
 
 from eval.calibration import (
     Confidences,
-    accuracy_at,
     calibration_png,
-    choose_rule,
     choose_threshold,
     expected_calibration_error,
     fit_temperature,
@@ -25,40 +23,24 @@ runs_st = st.lists(st.tuples(st.floats(0, 1), st.booleans()), min_size=1, max_si
 
 
 @given(runs_st)
-def test_threshold_keeps_99_percent_and_is_the_highest_such(run: list[tuple[float, bool]]) -> None:
+def test_threshold_rejects_a_new_correct_answer_with_probability_at_most_1_percent(run: list[tuple[float, bool]]) -> None:
+    """The conformal bound: (correct answers below the threshold + 1) / (correct answers + 1) ≤ 1 %, and the
+    threshold is the highest such (the next correct score up would break the bound)."""
     conf, ok = [c for c, _ in run], [k for _, k in run]
+    right = sorted(c for c, k in run if k)
     t = choose_threshold(conf, ok)
-    base = accuracy_at(0.0, conf, ok)
-    assert accuracy_at(t, conf, ok) >= 0.99 * base
-    higher = sorted(c for c in set(conf) if c > t)
-    assert not higher or accuracy_at(higher[0], conf, ok) < 0.99 * base
+    assert (sum(c < t for c in right) + 1) / (len(right) + 1) <= 0.01 or t == 0.0
+    higher = [c for c in right if c > t]
+    assert not higher or (sum(c < higher[0] for c in right) + 1) / (len(right) + 1) > 0.01
 
 
-@given(st.lists(st.tuples(st.floats(0, 1), st.floats(0, 1), st.booleans()), min_size=1, max_size=60))
-def test_rule_keeps_99_percent_with_both_thresholds(run: list[tuple[float, float, bool]]) -> None:
-    conf, familiar, ok = ([r[i] for r in run] for i in range(3))
-    rule = choose_rule(conf, familiar, ok)
-    assert rule.familiarity_threshold == choose_threshold(familiar, ok)  # familiarity first, alone
-    kept = sum(k and not rule.rejects(c, f) for c, f, k in zip(conf, familiar, ok))
-    assert kept >= 0.99 * sum(ok)
-    assert choose_rule(conf, None, ok) == OutOfScopeRule(choose_threshold(conf, ok), 0.0)
-
-
-def test_confidence_threshold_spends_only_what_familiarity_left() -> None:
-    # 100 right answers; the least familiar right one is also the least confident: one rejection is all the
-    # 1 % budget allows, so familiarity takes it and the confidence threshold stays under every other right one.
-    conf = [0.5] + [0.9] * 99 + [0.95]
-    familiar = [0.1] + [0.8] * 99 + [1.0]
-    ok = [True] * 100 + [False]
-    rule = choose_rule(conf, familiar, ok)
-    assert rule.familiarity_threshold == 0.8 and rule.confidence_threshold == 0.9
-    assert not rule.rejects(0.9, 0.8) and rule.rejects(0.9, 0.1) and rule.rejects(0.5, 0.9)
-
-
-def test_threshold_rejects_the_unsure_when_they_are_wrong() -> None:
+def test_threshold_needs_99_correct_answers_and_then_rejects_none_of_them() -> None:
     conf = [0.99] * 95 + [0.2, 0.3, 0.4, 0.5, 0.6]
     ok = [True] * 95 + [False] * 5
-    assert choose_threshold(conf, ok) == 0.99  # every wrong answer is below every right one
+    assert choose_threshold(conf, ok) == 0.0  # 95 correct answers cannot bound a 1 % rejection rate
+    conf, ok = [0.5] + [0.9] * 110 + [0.1, 0.2], [True] * 111 + [False] * 2
+    assert choose_threshold(conf, ok) == 0.5  # the lowest correct score: the two wrong answers go
+    assert choose_threshold(conf + [0.95] * 89, ok + [True] * 89) == 0.9  # 200 correct: one may go
 
 
 @given(runs_st)

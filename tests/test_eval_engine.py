@@ -46,7 +46,7 @@ def test_model_run_writes_a_consistent_report(model_run: Path, smarthome_model: 
     assert [r["instruction"] for r in rows] == [r["instruction"] for r in json.loads(TEST_FILE.read_text())[:LIMIT]]
     for row in rows:  # constrained decoding: every complete answer names a card intent
         assert row["malformed"] or row["pred_intent"] in card["intents"], row
-        assert row["latency_ms"] > 0 and 0 <= row["confidence"] <= 1
+        assert row["latency_ms"] > 0 and 0 <= row["confidence"] <= 1 and 0 <= row["familiarity"] <= 1
     figures = result["metrics"]["reference"]
     assert figures["intent_accuracy"] == sum(r["reference_intent_correct"] for r in rows) / LIMIT
     assert (model_run / "confusion.png").read_bytes().startswith(b"\x89PNG")
@@ -63,6 +63,8 @@ def test_url_run_agrees_with_model_run(model_run: Path, live_server: LiveServer,
     model_result = json.loads((model_run / "metrics.json").read_text())
     assert url_result["run"]["mode"] == "url (intents)"
     assert [r["raw"] for r in _rows(tmp_path)] == [r["raw"] for r in _rows(model_run)]
+    assert [r["familiarity"] for r in _rows(tmp_path)] == pytest.approx([r["familiarity"] for r in _rows(model_run)],
+                                                                        abs=1e-6)
     assert url_result["metrics"]["reference"] == model_result["metrics"]["reference"]
 
 
@@ -86,3 +88,10 @@ def test_calibrate_writes_temperature_and_threshold_into_the_card(smarthome_mode
     assert card["confidence_temperature"] > 0 and 0 <= card["oos_threshold"] <= 1
     assert card["metrics"]["calibration"]["records"] == LIMIT
     assert "calibrated: confidence_temperature" in done.stdout
+    # On familiarity instead: 8 records are too few to bound the in-scope cost, so the threshold stays off.
+    done = _eval("--model", str(model), "--calibrate", "--oos-score", "familiarity")
+    assert done.returncode == 0, done.stdout + done.stderr[-4000:]
+    card = json.loads((model / "intentlm.json").read_text())
+    assert card["familiarity_threshold"] == 0.0 and card["oos_threshold"] == 0.0
+    assert card["metrics"]["calibration"]["oos_score"] == "familiarity"
+    assert "cannot bound the rejection of new ones to 1%" in done.stderr

@@ -65,8 +65,38 @@ def info(model_dir: Path, as_json: bool) -> None:
         click.echo(f"{'intentlm':>24}: none (not trained by intentlm; served with defaults)")
         return
     for key in ("base_model", "system_prompt", "apply_chat_template", "intents", "args_from_text",
-                "confidence_temperature", "oos_threshold", "data", "metrics", "created_at"):
+                "confidence_temperature", "oos_threshold", "familiarity_threshold", "data", "metrics", "created_at"):
         click.echo(f"{key:>24}: {card.get(key)}")
+    words = card.get("vocabulary")
+    click.echo(f"{'vocabulary':>24}: " + (f"{len(words['context'])} context words, {len(words['argument'])} "
+                                           "argument-only words" if words else "none (no familiarity score)"))
+
+
+@model.command()
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="The data MODEL_DIR was trained on.")
+def vocabulary(model_dir: Path, data: Path) -> None:
+    """Write the vocabulary of --data into MODEL_DIR's intentlm.json, as `intentlm train` does.
+
+    For a model trained before intentlm recorded it: its replies then carry a familiarity score.
+    Run `intentlm eval --calibrate` afterwards to choose its out-of-scope threshold.
+    """
+    from service.modelcard import ModelCardError, read_card, write_card
+    from training.data.dataset import DatasetError, load_dataset
+    from training.trainer import training_vocabulary
+
+    try:
+        card = read_card(model_dir)
+        records = load_dataset(data)
+    except (ModelCardError, DatasetError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    if card is None:
+        raise click.ClickException(f"{model_dir} has no intentlm.json: not an intentlm model directory")
+    card.vocabulary = training_vocabulary(records)
+    write_card(model_dir, card)
+    click.echo(f"{model_dir / 'intentlm.json'}: vocabulary of {len(records)} records "
+               f"({len(card.vocabulary.context)} context words, {len(card.vocabulary.argument)} argument-only words)")
 
 
 def _knobs_help() -> str:

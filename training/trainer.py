@@ -29,7 +29,7 @@ from typing import Any
 from service.intents import args_are_spans
 from service.modelcard import ARGS_FROM_TEXT_SHARE, DataInfo, ModelCard, atomic_directory, read_card, write_card
 from service.prompt import END_OF_TURN, build_prompt, build_target
-from service.scope import DEFAULT_OOS_LABEL, build_vocabulary
+from service.scope import DEFAULT_OOS_LABEL, Vocabulary, build_vocabulary
 from training.config import TrainConfig, fit_batch_to_data
 from training.data.compose import compose_multi_intent
 from training.data.check import check_records
@@ -418,8 +418,7 @@ def train(plan: TrainPlan, *, resume: bool = False, tensorboard_dir: Path | None
         apply_chat_template=config.apply_chat_template,
         intents=plan.intents,
         args_from_text=args_from_text(plan.records),
-        vocabulary=build_vocabulary((r.instruction, r.calls()) for r in plan.records
-                                    if any(c.name != DEFAULT_OOS_LABEL for c in r.calls())),
+        vocabulary=training_vocabulary(plan.records),
         train_config={**config.model_dump(), "mode": config.mode, "global_batch": plan.global_batch},
         data=DataInfo(file=str(plan.data_file.resolve()), sha256=file_sha256(plan.data_file),
                       records=len(plan.records)),
@@ -447,6 +446,13 @@ def train(plan: TrainPlan, *, resume: bool = False, tensorboard_dir: Path | None
 def args_from_text(records: list[Record]) -> bool:
     """Whether the data's arguments are copied from the instructions (then decoding may only copy)."""
     return args_are_spans((r.instruction, r.calls()) for r in records) >= ARGS_FROM_TEXT_SHARE
+
+
+def training_vocabulary(records: list[Record]) -> Vocabulary:
+    """The familiarity vocabulary (service.scope) of the data's in-scope records: the user's records answered
+    with the out-of-scope label, and the synthetic ones, teach the model what is *not* in scope."""
+    return build_vocabulary((r.instruction, r.calls()) for r in records
+                            if any(c.name != DEFAULT_OOS_LABEL for c in r.calls()))
 
 
 def base_model_name(base_model: Path) -> str:
