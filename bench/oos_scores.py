@@ -1,74 +1,80 @@
-"""Out-of-scope scores compared offline on an `intentlm eval` report (bench/accuracy.md §4).
+"""Out-of-scope scores compared offline on `intentlm eval` reports (bench/accuracy.md §4–5).
 
-    .venv/bin/python bench/oos_scores.py TRAIN.json CALIBRATION_REPORT REPORT
+    .venv/bin/python bench/oos_scores.py CALIBRATION_REPORT REPORT [--weights TRAIN.json]
 
-For each score: AUROC (in-scope against out-of-scope records of REPORT) and the out-of-scope recall
-at the threshold that keeps 99 % of the correct in-scope answers of CALIBRATION_REPORT (an `oos()`
-answer of the model itself counts as detected). Scores:
+The model's card needs a vocabulary (`intentlm train` writes it; `intentlm model vocabulary` adds it),
+so that the reports carry the served familiarity. For each score: AUROC (in-scope against
+out-of-scope records of REPORT) and the out-of-scope recall, with its in-scope cost, at the lowest
+score of a correct in-scope answer of CALIBRATION_REPORT (the conformal threshold of
+`intentlm eval --calibrate` once there are 99 to 198 correct answers; an `oos()` answer of the model
+itself counts as detected). Scores:
 
-  conf        the served confidence (calibrated intent-name probability)
-  known       1 - novelty: the share of the request's words outside its predicted arguments that
-              the training instructions use outside their arguments (argument words are expected
-              to be new: names, places, times)
-  conf*known  both
+  confidence              the served confidence (calibrated intent-name probability)
+  familiarity             the served familiarity (service.scope)
+  confidence*familiarity  both
+
+With ``--weights TRAIN.json`` (the model's training data), familiarity is also recomputed with other
+weights of argument words (``service.scope.ARGUMENT_WEIGHT``, the served one, is 0.25).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import math
-import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from service.intents import IntentParseError, parse  # noqa: E402
+from service.intents import try_parse  # noqa: E402
+from service.scope import DEFAULT_OOS_LABEL, Familiarity, build_vocabulary  # noqa: E402
 
-_WORD = re.compile(r"[a-z0-9']+")
+WEIGHTS = (0.0, 0.25, 0.5, 1.0)
 
-
-def argument_words(answer: str) -> set[str]:
-    try:
-        calls = parse(answer)
-    except IntentParseError:
-        return set()
-    return {w for call in calls for arg in call.args for w in _WORD.findall(arg.lower())}
+SCORES: dict[str, Callable[[dict], float]] = {
+    "confidence": lambda r: r["confidence"],
+    "familiarity": lambda r: r["familiarity"],
+    "confidence*familiarity": lambda r: r["confidence"] * r["familiarity"],
+}
 
 
 def rows(report: str) -> list[dict]:
     out = [json.loads(line) for line in (Path(report) / "predictions.jsonl").read_text().splitlines()]
+    if any(row["familiarity"] is None for row in out):
+        sys.exit(f"{report}: no familiarity in the predictions: give the model a vocabulary first")
     for row in out:  # correctness before any threshold: the raw answer's first intent
         row["ok"] = row["raw"].split("(", 1)[0] == row["gold_intent"]
     return out
 
 
-def main(train: str, calibration: str, report: str) -> None:
-    vocabulary: set[str] = set()
-    for record in json.loads(Path(train).read_text()):
-        vocabulary |= set(_WORD.findall(record["instruction"].lower())) - argument_words(record["output"])
-
-    cal, test = rows(calibration), rows(report)
-    for row in cal + test:
-        arguments = argument_words(row["raw"])
-        words = [w for w in _WORD.findall(row["instruction"].lower()) if w not in arguments]
-        row["known"] = sum(w in vocabulary for w in words) / len(words) if words else 1.0
-
-    scores: dict[str, Callable[[dict], float]] = {
-        "conf": lambda r: r["confidence"], "known": lambda r: r["known"],
-        "conf*known": lambda r: r["confidence"] * r["known"]}
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("calibration")
+    parser.add_argument("report")
+    parser.add_argument("--weights", metavar="TRAIN.json", help="also score familiarity with other argument weights")
+    args = parser.parse_args()
+    cal, test = rows(args.calibration), rows(args.report)
+    scores = dict(SCORES)
+    if args.weights:
+        records = [(r["instruction"], try_parse(r["output"]) or []) for r in json.loads(Path(args.weights).read_text())]
+        vocabulary = build_vocabulary((text, calls) for text, calls in records
+                                      if any(c.name != DEFAULT_OOS_LABEL for c in calls))
+        for weight in WEIGHTS:
+            familiarity = Familiarity(vocabulary, argument_weight=weight)
+            for row in cal + test:
+                row[f"w{weight}"] = familiarity.score(row["instruction"], try_parse(row["raw"].strip()) or [])
+            scores[f"familiarity, weight {weight}"] = lambda r, key=f"w{weight}": r[key]
     inside = [r for r in test if r["gold_intent"] != "oos"]
     outside = [r for r in test if r["gold_intent"] == "oos"]
     for name, score in scores.items():
-        correct = sorted(score(r) for r in cal if r["ok"])
-        threshold = correct[math.floor(0.01 * len(correct))]
+        threshold = min(score(r) for r in cal if r["ok"])
         recall = sum(r["raw"].startswith("oos(") or score(r) < threshold for r in outside) / len(outside)
         cost = sum(score(r) < threshold and r["ok"] for r in inside) / len(inside)
         pos, neg = [score(r) for r in inside], [score(r) for r in outside]
         auroc = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg) / (len(pos) * len(neg))
-        print(f"{name:11s} AUROC {auroc:.3f}  threshold {threshold:.3f}: recall {100 * recall:.1f} %, "
+        print(f"{name:27s} AUROC {auroc:.3f}  threshold {threshold:.3f}: recall {100 * recall:.1f} %, "
               f"in-scope cost {100 * cost:.1f} points")
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    main()

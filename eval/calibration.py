@@ -44,8 +44,8 @@ def choose_threshold(scores: Sequence[float], correct: Sequence[bool], keep: flo
     them rejects a new one (exchangeable with them) with probability at most ``(k + 1) / (n + 1)``. So
     with fewer than 99 correct answers no threshold keeps 99 % (0, off), and with 99 to 198 the threshold
     is the lowest correct score. Choosing by the calibration set's own kept share instead (as an
-    earlier version did) let it reject one correct answer of 111 and cost 3.8 points on the test data
-    (bench/accuracy.md §5). Wrong answers below the threshold cost nothing: they are wrong either way.
+    earlier version did) lets one correct answer of 111 go: an expected cost of 1.8 % (bench/accuracy.md
+    §5). Wrong answers below the threshold cost nothing: they are wrong either way.
     """
     if not scores:
         raise ValueError("no scores to calibrate on")
