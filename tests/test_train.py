@@ -18,6 +18,7 @@ import pytest
 
 from service.intents import parse
 from service.modelcard import read_card
+from service.scope import build_vocabulary
 from tests.conftest import REPO, TRAIN_FILE
 
 INTENTLM = str(REPO / ".venv" / "bin" / "intentlm")
@@ -73,6 +74,8 @@ def assert_complete_model_dir(output: Path, data: Path, mode: str, extra_intents
     assert card.train_config["mode"] == mode and card.train_config["seq_length"] == 64
     assert card.metrics["train_loss"] > 0 and card.metrics["final_loss"] > 0
     assert card.metrics["tokens_per_second"] > 0 and card.created_at
+    # the familiarity vocabulary is the user's records' (synthetic oos() records are not in it)
+    assert card.vocabulary == build_vocabulary((r["instruction"], parse(r["output"])) for r in records)
     assert not output.with_name(output.name + ".checkpoints").exists()  # cleaned up after success
     assert list((output / "tensorboard").iterdir())  # TensorBoard events default inside the output
 
