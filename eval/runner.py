@@ -165,6 +165,7 @@ def predict_with_model(
         for p in predictions
     ]
 
+
 def _from_output(out: Any, tokenizer: Any, temperature: float) -> Prediction:
     """Score the raw text as it is, unstripped, as the reference script scores its decode.
 

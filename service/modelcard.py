@@ -18,8 +18,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from service.scope import OutOfScopeRule, Vocabulary
 from service.prompt import DEFAULT_SYSTEM_PROMPT
+from service.scope import OutOfScopeRule, Vocabulary
 
 CARD_FILE = "intentlm.json"
 CARD_FORMAT = 1
