@@ -321,9 +321,12 @@ class IntentEngine:
                                        self.card.confidence_temperature)
         familiarity = self.familiarity.score(text, calls) if self.familiarity is not None else None
         intents = [IntentCall(name=c.name, args=list(c.args)) for c in calls]
-        if calls and self.oos_rule.rejects(confidence, familiarity):
+        rejection = self.oos_rule.rejection(confidence, familiarity) if calls else None
+        if rejection is not None:
             intents = [IntentCall(name=self.settings.oos_label, args=[])]
         if route != "warmup":
+            if rejection is not None:
+                metrics.OUT_OF_SCOPE.labels(rejection).inc()
             for call in intents:
                 metrics.PREDICTED_INTENTS.labels(call.name if call.name in self._known_intents else "other").inc()
         return IntentPrediction(

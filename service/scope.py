@@ -97,6 +97,13 @@ class OutOfScopeRule:
     confidence_threshold: float = 0.0
     familiarity_threshold: float = 0.0
 
+    def rejection(self, confidence: float, familiarity: float | None) -> str | None:
+        """The score that rejects the answer ("confidence", else "familiarity"), or None when it is in scope."""
+        if confidence < self.confidence_threshold:
+            return "confidence"
+        if familiarity is not None and familiarity < self.familiarity_threshold:
+            return "familiarity"
+        return None
+
     def rejects(self, confidence: float, familiarity: float | None) -> bool:
-        return confidence < self.confidence_threshold or (
-            familiarity is not None and familiarity < self.familiarity_threshold)
+        return self.rejection(confidence, familiarity) is not None

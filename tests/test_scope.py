@@ -60,6 +60,8 @@ def test_rule_rejects_on_either_score_and_ignores_a_missing_familiarity() -> Non
     assert not rule.rejects(0.5, 0.8)
     assert rule.rejects(0.49, 1.0) and rule.rejects(1.0, 0.79)
     assert not rule.rejects(0.9, None)
+    assert [rule.rejection(*scores) for scores in ((0.4, 0.1), (0.9, 0.1), (0.9, 0.9))] == [
+        "confidence", "familiarity", None]
     assert not OutOfScopeRule().rejects(0.0, 0.0)
 
 

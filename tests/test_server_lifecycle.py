@@ -113,6 +113,8 @@ def test_unfamiliar_requests_are_answered_out_of_scope(servers) -> None:
     assert replies[0]["familiarity"] == 1.0 and replies[0]["intents"][0]["name"] != "oos"
     assert replies[1]["familiarity"] < 0.6 and replies[1]["intents"] == [{"name": "oos", "args": []}]
     assert replies[1]["raw"] != "oos()"  # what the model wrote is kept
+    text = httpx.get(f"{server.url}/metrics").text
+    assert metric(text, "intentlm_out_of_scope_replies_total", score="familiarity") >= 1
 
 
 def test_max_new_tokens_is_clamped_not_refused(servers) -> None:
