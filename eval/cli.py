@@ -158,10 +158,10 @@ def _calibrate(model_dir: Path, rows: list[dict], oos_label: str, oos_score: str
 
     The rows' confidences are already under the card's temperature, so the fitted one multiplies it.
     """
-    from eval.calibration import KEEP, choose_threshold, expected_calibration_error, fit_temperature, from_rows, rescale
+    from eval.calibration import (KEEP, accuracy_at, choose_threshold, expected_calibration_error, fit_temperature,
+                                  from_rows, rescale)
     from eval.runner import model_card
     from service.modelcard import write_card
-    from service.scope import OutOfScopeRule
 
     c = from_rows(rows, oos_label)
     if c is None or not c.in_scope:
@@ -169,35 +169,29 @@ def _calibrate(model_dir: Path, rows: list[dict], oos_label: str, oos_score: str
     card = model_card(model_dir)
     factor = fit_temperature(c.in_scope, c.in_scope_correct)
     calibrated = rescale(c.in_scope, factor)
-    if oos_score == "familiarity":
-        if c.in_scope_familiarity is None:
-            raise click.ClickException(f"{model_dir}: the card has no vocabulary to score familiarity with; run "
-                                       "`intentlm model vocabulary` with the model's training data first")
-        rule = OutOfScopeRule(familiarity_threshold=choose_threshold(c.in_scope_familiarity, c.in_scope_correct))
-        scores = c.in_scope_familiarity
-    else:
-        rule = OutOfScopeRule(confidence_threshold=choose_threshold(calibrated, c.in_scope_correct))
-        scores = calibrated
-    threshold = rule.confidence_threshold or rule.familiarity_threshold
+    scores = calibrated if oos_score == "confidence" else c.in_scope_familiarity
+    if scores is None:
+        raise click.ClickException(f"{model_dir}: the card has no vocabulary to score familiarity with; run "
+                                   "`intentlm model vocabulary` with the model's training data first")
+    threshold = choose_threshold(scores, c.in_scope_correct)
     card.confidence_temperature = round(card.confidence_temperature * factor, 4)
-    card.oos_threshold = rule.confidence_threshold
-    card.familiarity_threshold = rule.familiarity_threshold if oos_score == "familiarity" else None
+    card.oos_threshold = threshold if oos_score == "confidence" else 0.0
+    card.familiarity_threshold = threshold if oos_score == "familiarity" else None
     if not threshold:
         click.echo(f"warning: {sum(c.in_scope_correct)} correct in-scope answers cannot bound the rejection of "
                    f"new ones to {1 - KEEP:.0%} (it takes {round(1 / (1 - KEEP)) - 1}): out-of-scope threshold off",
                    err=True)
     card.metrics["calibration"] = {
         "data": str(data_file), "records": len(c.in_scope), "keep": KEEP, "oos_score": oos_score,
-        "in_scope_accuracy": round(sum(c.in_scope_correct) / len(scores), 4),
-        "in_scope_accuracy_at_threshold": round(
-            sum(ok and s >= threshold for s, ok in zip(scores, c.in_scope_correct)) / len(scores), 4),
+        "in_scope_accuracy": round(accuracy_at(0.0, scores, c.in_scope_correct), 4),
+        "in_scope_accuracy_at_threshold": round(accuracy_at(threshold, scores, c.in_scope_correct), 4),
         "ece_before": round(expected_calibration_error(c.in_scope, c.in_scope_correct), 4),
         "ece": round(expected_calibration_error(calibrated, c.in_scope_correct), 4),
     }
     write_card(model_dir, card)
     click.echo(f"calibrated: confidence_temperature = {card.confidence_temperature}, {oos_score} threshold = "
                f"{threshold:.6f} written to {model_dir / 'intentlm.json'} ({card.metrics['calibration']})")
-    return rule
+    return card.oos_rule()
 
 
 def _predict(
