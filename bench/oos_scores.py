@@ -1,9 +1,9 @@
-"""Out-of-scope scores compared offline on `intentlm eval` reports (bench/accuracy.md §4–5).
+"""Out-of-scope scores compared offline on `intentlm eval` reports (bench/accuracy.md §4–6).
 
     .venv/bin/python bench/oos_scores.py CALIBRATION_REPORT REPORT [--weights TRAIN.json]
 
-The model's card needs a vocabulary (`intentlm train` writes it; `intentlm model vocabulary` adds it),
-so that the reports carry the served familiarity. For each score: AUROC (in-scope against
+The model needs a vocabulary and typicality statistics (`intentlm train` writes them; `intentlm model
+scope` adds them), so that the reports carry the served familiarity and typicality. For each score: AUROC (in-scope against
 out-of-scope records of REPORT) and the out-of-scope recall, with its in-scope cost, at the lowest
 score of a correct in-scope answer of CALIBRATION_REPORT (the conformal threshold of
 `intentlm eval --calibrate` once there are 99 to 198 correct answers; an `oos()` answer of the model
@@ -12,6 +12,8 @@ itself counts as detected). Scores:
   confidence              the served confidence (calibrated intent-name probability)
   familiarity             the served familiarity (service.scope)
   confidence*familiarity  both
+  typicality              the served typicality (service.typicality)
+  typicality*familiarity  both
 
 With ``--weights TRAIN.json`` (the model's training data), familiarity is also recomputed with other
 weights of argument words (``service.scope.ARGUMENT_WEIGHT``, the served one, is 0.25).
@@ -35,13 +37,15 @@ SCORES: dict[str, Callable[[dict], float]] = {
     "confidence": lambda r: r["confidence"],
     "familiarity": lambda r: r["familiarity"],
     "confidence*familiarity": lambda r: r["confidence"] * r["familiarity"],
+    "typicality": lambda r: r["typicality"],
+    "typicality*familiarity": lambda r: r["typicality"] * r["familiarity"],
 }
 
 
 def rows(report: str) -> list[dict]:
     out = [json.loads(line) for line in (Path(report) / "predictions.jsonl").read_text().splitlines()]
-    if any(row["familiarity"] is None for row in out):
-        sys.exit(f"{report}: no familiarity in the predictions: give the model a vocabulary first")
+    if any(row["familiarity"] is None or row.get("typicality") is None for row in out):
+        sys.exit(f"{report}: no familiarity or typicality in the predictions: run `intentlm model scope` first")
     for row in out:  # correctness before any threshold: the raw answer's first intent
         row["ok"] = row["raw"].split("(", 1)[0] == row["gold_intent"]
     return out

@@ -32,6 +32,7 @@ class Prediction(BaseModel):
     raw: str
     confidence: float
     familiarity: float | None = None  # share of the request's words seen in training; None: not scored
+    typicality: float | None = None  # closeness of the prompt's hidden state to training requests; None: not scored
     latency_ms: float
 
     def __str__(self) -> str:

@@ -2,8 +2,8 @@
 
 The confidence is the server's (``service.engine.intent_confidence``: the probability of the intent
 name tokens, under the card's temperature, which ``fit_temperature`` fits on held-out data). A
-record is rejected as out-of-scope when its confidence (or, as chosen, its familiarity) is below
-the threshold, as the server does. ``choose_threshold`` picks it on held-out IN-SCOPE data (the
+record is rejected as out-of-scope when its confidence (or, as chosen, its familiarity or typicality) is
+below the threshold, as the server does. ``choose_threshold`` picks it on held-out IN-SCOPE data (the
 validation split) so that a new correct in-scope answer is rejected with probability at most
 ``1 - KEEP``, because out-of-scope examples of a deployment are unknown in advance while the
 in-scope cost is what users feel.
@@ -14,13 +14,15 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from service.scope import OutOfScopeRule
 
 KEEP = 0.99  # keep ≥ 99 % of the in-scope accuracy (≈ 1 point at 95 %): issue 7's cost budget
 BINS = 10
+OTHER_SCORES = ("familiarity", "typicality")  # the out-of-scope scores besides the confidence (service.scope)
+STYLES = {"confidence": "-", "familiarity": "--", "typicality": ":"}  # their lines in the trade-off plot
 
 
 @dataclass(frozen=True)
@@ -118,9 +120,13 @@ class Confidences:
     in_scope: list[float]
     in_scope_correct: list[bool]  # the model's own answer (before any threshold) names the gold intent
     out_of_scope: list[float]
-    # The familiarity scores of the same records; None when the run has none (no vocabulary in the card).
-    in_scope_familiarity: list[float] | None = None
-    out_of_scope_familiarity: list[float] | None = None
+    # The other out-of-scope scores of the same records (OTHER_SCORES that every row has): name -> (in-scope,
+    # out-of-scope); a run has familiarity when the card has a vocabulary, typicality when the model has statistics.
+    other: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
+
+    def scores(self, name: str) -> list[float] | None:
+        """The in-scope values of one score (``confidence`` or one of ``other``); None when the run lacks it."""
+        return self.in_scope if name == "confidence" else self.other.get(name, (None, None))[0]
 
 
 def from_rows(rows: Sequence[dict[str, Any]], oos_label: str) -> Confidences | None:
@@ -132,19 +138,18 @@ def from_rows(rows: Sequence[dict[str, Any]], oos_label: str) -> Confidences | N
         return None
     inside = [r for r in scored if r["gold_intent"] != oos_label]
     outside = [r for r in scored if r["gold_intent"] == oos_label]
-    familiar = all(r.get("familiarity") is not None for r in scored)
     return Confidences(
         in_scope=[r["confidence"] for r in inside],
         in_scope_correct=[score_record(r["gold"], r["raw"]).intent_correct for r in inside],
         out_of_scope=[r["confidence"] for r in outside],
-        in_scope_familiarity=[r["familiarity"] for r in inside] if familiar else None,
-        out_of_scope_familiarity=[r["familiarity"] for r in outside] if familiar else None,
+        other={name: ([r[name] for r in inside], [r[name] for r in outside]) for name in OTHER_SCORES
+               if all(r.get(name) is not None for r in scored)},
     )
 
 
 def calibration_png(c: Confidences, rule: OutOfScopeRule | None = None) -> bytes:
     """Reliability diagram (with ECE) beside the in-scope / out-of-scope trade-off over each score's
-    threshold (confidence, and familiarity when the run has it), with ``rule``'s thresholds marked."""
+    threshold (confidence, and the run's other scores), with ``rule``'s thresholds marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -163,11 +168,12 @@ def calibration_png(c: Confidences, rule: OutOfScopeRule | None = None) -> bytes
         left.set_xlabel("confidence (intent-name probability)")
         left.set_ylabel("intent accuracy")
         left.legend(loc="upper left")
-    scores = [("confidence", "-", c.in_scope, c.out_of_scope, rule.confidence_threshold if rule else 0.0)]
-    if c.in_scope_familiarity is not None and c.out_of_scope_familiarity is not None:
-        scores.append(("familiarity", "--", c.in_scope_familiarity, c.out_of_scope_familiarity,
-                       rule.familiarity_threshold if rule else 0.0))
-    for name, style, inside, outside, threshold in scores:
+    rule = rule or OutOfScopeRule()
+    scores = [("confidence", c.in_scope, c.out_of_scope), *((name, *c.other[name]) for name in OTHER_SCORES
+                                                            if name in c.other)]
+    for name, inside, outside in scores:
+        style = STYLES[name]
+        threshold = getattr(rule, f"{name}_threshold")
         curve = tradeoff(inside, c.in_scope_correct, outside)
         ts = [t for t, _, _ in curve]
         right.plot(ts, [a for _, a, _ in curve], style, color="tab:blue", label=f"in-scope accuracy ({name})")

@@ -41,10 +41,12 @@ if TYPE_CHECKING:
               help="--model only: on this held-out IN-SCOPE data (the validation split), fit the confidence "
                    "temperature and choose the out-of-scope threshold (on --oos-score) that rejects at most 1 % of "
                    "correct in-scope answers; write both into the model's intentlm.json (the server's defaults).")
-@click.option("--oos-score", type=click.Choice(["confidence", "familiarity"]), default="confidence", show_default=True,
-              help="--calibrate: the score the out-of-scope threshold applies to (familiarity: the share of the "
-                   "request's words seen in training; finds more out-of-scope requests but rejects in-scope ones "
-                   "with rare words, bench/accuracy.md §5).")
+@click.option("--oos-score", type=click.Choice(["confidence", "familiarity", "typicality"]), default="typicality",
+              show_default=True,
+              help="--calibrate: the score the out-of-scope threshold applies to. typicality: closeness of the "
+                   "prompt's hidden state to the training requests (needs the model's typicality.npz; finds "
+                   "the most out-of-scope requests, bench/accuracy.md §6); familiarity: the share of the request's "
+                   "words seen in training (§5).")
 @click.option("--limit", type=click.IntRange(1), help="Evaluate only the first N records.")
 @click.option("--compare", nargs=2, type=click.Path(path_type=Path, exists=True, dir_okay=False),
               metavar="A/metrics.json B/metrics.json", help="Show two earlier runs side by side instead.")
@@ -146,6 +148,7 @@ def eval_command(
     if rule is not None:
         result.run.oos_threshold = rule.confidence_threshold or None
         result.run.familiarity_threshold = rule.familiarity_threshold or None
+        result.run.typicality_threshold = rule.typicality_threshold or None
     click.echo(report.console_report(result))
     if report_dir is not None:
         out = report.write_report(report_dir, result, rows)
@@ -169,14 +172,16 @@ def _calibrate(model_dir: Path, rows: list[dict], oos_label: str, oos_score: str
     card = model_card(model_dir)
     factor = fit_temperature(c.in_scope, c.in_scope_correct)
     calibrated = rescale(c.in_scope, factor)
-    scores = calibrated if oos_score == "confidence" else c.in_scope_familiarity
+    scores = calibrated if oos_score == "confidence" else c.scores(oos_score)
     if scores is None:
-        raise click.ClickException(f"{model_dir}: the card has no vocabulary to score familiarity with; run "
-                                   "`intentlm model vocabulary` with the model's training data first")
+        needs = "a vocabulary" if oos_score == "familiarity" else "typicality statistics"
+        raise click.ClickException(f"{model_dir}: the model has no {needs} to score {oos_score} with; run "
+                                   "`intentlm model scope` with the model's training data first")
     threshold = choose_threshold(scores, c.in_scope_correct)
     card.confidence_temperature = round(card.confidence_temperature * factor, 4)
     card.oos_threshold = threshold if oos_score == "confidence" else 0.0
     card.familiarity_threshold = threshold if oos_score == "familiarity" else None
+    card.typicality_threshold = threshold if oos_score == "typicality" else None
     if not threshold:
         click.echo(f"warning: {sum(c.in_scope_correct)} correct in-scope answers cannot bound the rejection of "
                    f"new ones to {1 - KEEP:.0%} (it takes {round(1 / (1 - KEEP)) - 1}): out-of-scope threshold off",

@@ -40,10 +40,12 @@ class RunInfo(BaseModel):
     oos_label: str = DEFAULT_OOS_LABEL
     oos_threshold: float | None = None  # the confidence threshold applied (None: none)
     familiarity_threshold: float | None = None  # the familiarity threshold applied (None: none)
+    typicality_threshold: float | None = None  # the typicality threshold applied (None: none)
 
     def oos_rule(self) -> OutOfScopeRule:
         """The out-of-scope rule this run applied."""
-        return OutOfScopeRule(self.oos_threshold or 0.0, self.familiarity_threshold or 0.0)
+        return OutOfScopeRule(self.oos_threshold or 0.0, self.familiarity_threshold or 0.0,
+                              self.typicality_threshold or 0.0)
 
 
 class EvalResult(BaseModel):
@@ -77,6 +79,7 @@ def prediction_rows(
             "latency_ms": p.latency_ms,
             "confidence": p.confidence,
             "familiarity": p.familiarity,
+            "typicality": p.typicality,
         }
         for instruction, gold, p, s in zip(instructions, golds, predictions, scores)
     ]
@@ -199,10 +202,10 @@ def _calibration_section(result: EvalResult, rows: Sequence[dict[str, Any]], *, 
     if c is None or not c.in_scope:
         return []
     run = result.run
-    thresholds = f"confidence {run.oos_threshold:.4f}" if run.oos_threshold else "confidence none"
-    if c.in_scope_familiarity is not None:
-        thresholds += f", familiarity {run.familiarity_threshold:.4f}" if run.familiarity_threshold else \
-            ", familiarity none"
+    rule = run.oos_rule()
+    thresholds = ", ".join(
+        f"{name} {getattr(rule, f'{name}_threshold'):.4f}" if getattr(rule, f"{name}_threshold") else f"{name} none"
+        for name in ("confidence", *c.other))
     text = (f"Expected calibration error of the intent confidence on the {len(c.in_scope)} in-scope records: "
             f"{expected_calibration_error(c.in_scope, c.in_scope_correct):.3f}; out-of-scope thresholds: "
             f"{thresholds}.")

@@ -26,6 +26,7 @@ from service.intents import Call, decoding_regex, format_calls, try_parse
 from service.modelcard import ModelCard, read_card
 from service.prompt import END_OF_TURN, build_prompt
 from service.scope import DEFAULT_OOS_LABEL, Familiarity, OutOfScopeRule
+from service.typicality import HiddenStates, IntentStatistics
 
 if TYPE_CHECKING:
     from vllm import LLM
@@ -45,6 +46,7 @@ class Prediction:
     latency_ms: float | None = None
     confidence: float | None = None
     familiarity: float | None = None
+    typicality: float | None = None
 
 
 class RunnerError(RuntimeError):
@@ -109,7 +111,7 @@ def predict_with_model(
     ``args_from_text`` (None: the card's) override the card's; so does ``oos_rule`` (None: the
     card's calibrated thresholds): an answer it rejects becomes ``oos_label()``, as
     the server answers (``raw`` keeps what the model wrote). Each answer's familiarity is scored
-    when the card has a vocabulary.
+    when the card has a vocabulary, its typicality when the model has statistics (service.typicality).
     Pass ``llm`` to reuse a loaded engine (it must hold ``model_dir``).
     """
     from vllm import SamplingParams
@@ -159,9 +161,13 @@ def predict_with_model(
     if familiarity is not None:
         predictions = [replace(p, familiarity=familiarity.score(instruction, try_parse(p.raw.strip()) or []))
                        for p, instruction in zip(predictions, instructions)]
+    statistics = IntentStatistics.load(model_dir)
+    if statistics is not None:
+        states = HiddenStates(model_dir)([p["prompt_token_ids"] for p in prompts])
+        predictions = [replace(p, typicality=float(t)) for p, t in zip(predictions, statistics.typicality(states))]
     return [
-        replace(p, text=f"{oos_label}()") if p.confidence is not None and rule.rejects(p.confidence, p.familiarity)
-        else p
+        replace(p, text=f"{oos_label}()")
+        if p.confidence is not None and rule.rejects(p.confidence, p.familiarity, p.typicality) else p
         for p in predictions
     ]
 
@@ -240,7 +246,8 @@ async def _predict_with_url(
                 calls = [Call(i.name, tuple(i.args)) for i in reply.intents]
                 prediction = Prediction(text=format_calls(calls) if calls else reply.raw, raw=reply.raw,
                                         latency_ms=(time.perf_counter() - start) * 1000,
-                                        confidence=reply.confidence, familiarity=reply.familiarity)
+                                        confidence=reply.confidence, familiarity=reply.familiarity,
+                                        typicality=reply.typicality)
             bar.update()
             return prediction
 

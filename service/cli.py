@@ -28,6 +28,12 @@ import click
 @click.option("--familiarity-threshold", type=float,
               help="Familiarity (share of the request's words seen in training) below which /v1/intents answers "
                    "oos() [default: the card's calibrated one, else 0: off].")
+@click.option("--typicality-threshold", type=float,
+              help="Typicality (closeness of the prompt's hidden state to the training requests) below which "
+                   "/v1/intents answers oos() [default: the card's calibrated one, else 0: off].")
+@click.option("--typicality/--no-typicality", default=None,
+              help="Score typicality when the model has typicality.npz (a second, transformers copy of "
+                   "the model) [on].")
 @click.option("--dtype", help="Weights dtype for vLLM [auto].")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="[info]")
 def serve(**flags: Any) -> None:

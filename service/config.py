@@ -48,8 +48,7 @@ class Settings(BaseSettings):
     )
     intent_max_tokens: int = Field(64, ge=1, description="Answer budget of /v1/intents.")
     oos_label: str = Field(
-        DEFAULT_OOS_LABEL, description="Intent returned when confidence is below oos_threshold or familiarity below "
-        "familiarity_threshold.")
+        DEFAULT_OOS_LABEL, description="Intent returned when confidence, familiarity or typicality is below its threshold.")
     oos_threshold: float | None = Field(
         None, ge=0, le=1,
         description="Below this confidence the answer is out-of-scope; unset: the model card's calibrated "
@@ -59,6 +58,17 @@ class Settings(BaseSettings):
         None, ge=0, le=1,
         description="Below this familiarity (the share of the request's words seen in training) the answer is "
         "out-of-scope; unset: the model card's calibrated threshold, else 0 = off.",
+    )
+    typicality_threshold: float | None = Field(
+        None, ge=0, le=1,
+        description="Below this typicality (how close the prompt's hidden state is to the training requests of "
+        "its nearest intent) the answer is out-of-scope; unset: the model card's calibrated threshold, else 0 = off.",
+    )
+    typicality: bool = Field(
+        True,
+        description="Score typicality when the model directory has typicality.npz. It loads a second copy "
+        "of the model (transformers) for one forward pass of each prompt: ~50 ms per request on a 2-core CPU, "
+        "and the model's size again in memory.",
     )
 
     # CPU: the KV cache vLLM reserves, in GiB (VLLM_CPU_KVCACHE_SPACE), when the variable is unset.

@@ -27,6 +27,7 @@ from service.modelcard import ModelCard, read_card
 from service.prompt import END_OF_TURN, build_prompt, fold_history
 from service.protocol import EasRequest, IntentCall, IntentPrediction
 from service.scope import Familiarity
+from service.typicality import TypicalityScorer
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
@@ -110,7 +111,8 @@ class Admission:
 class IntentEngine:
     """One served model: its card, tokenizer, prepared sampling parameters and the vLLM engine."""
 
-    def __init__(self, llm: AsyncLLM, settings: Settings, model_dir: Path, card: ModelCard) -> None:
+    def __init__(self, llm: AsyncLLM, settings: Settings, model_dir: Path, card: ModelCard,
+                 typicality: TypicalityScorer | None = None) -> None:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
@@ -135,8 +137,10 @@ class IntentEngine:
         self._free_intent_params.structured_outputs = None
         self._kinds = RequestOutputKind
         self._known_intents = set(card.intents) | {settings.oos_label}
-        self.oos_rule = card.oos_rule(settings.oos_threshold, settings.familiarity_threshold)
+        self.oos_rule = card.oos_rule(settings.oos_threshold, settings.familiarity_threshold,
+                                      settings.typicality_threshold)
         self.familiarity = Familiarity(card.vocabulary) if card.vocabulary is not None else None
+        self.typicality = typicality
         metrics.MODEL_INFO.info(
             {
                 "name": model_dir.name,
@@ -169,12 +173,14 @@ class IntentEngine:
             generation_config="vllm",  # sampling comes from the request, not generation_config.json
         )
         llm = AsyncLLM.from_engine_args(args)
-        engine = cls(llm, settings, model_dir, card)
+        engine = cls(llm, settings, model_dir, card, typicality_scorer(settings, model_dir))
         await engine.predict("hello", route="warmup")
         return engine
 
     def shutdown(self) -> None:
         self.llm.shutdown()
+        if self.typicality is not None:
+            self.typicality.shutdown()
 
     async def check_health(self) -> None:
         """Raises when the engine is dead (its core process exited or errored)."""
@@ -307,8 +313,14 @@ class IntentEngine:
     async def _label(
         self, ids: list[int], params: SamplingParams, text: str, constrained: bool, route: str, start: float
     ) -> IntentPrediction:
-        """Decode one prompt, parse, score, apply the out-of-scope rule (``text``: the utterance, history folded)."""
-        generation = await self._final(ids, params, route=route)
+        """Decode one prompt, parse, score, apply the out-of-scope rule (``text``: the utterance, history folded).
+
+        The typicality forward pass runs beside the generation, not after it."""
+        if self.typicality is not None:
+            generation, typicality = await asyncio.gather(self._final(ids, params, route=route),
+                                                          self.typicality.score(ids))
+        else:
+            generation, typicality = await self._final(ids, params, route=route), None
         raw = generation.text.strip()
         calls = try_parse(raw)
         if calls is None and constrained and generation.finish_reason == "length":
@@ -321,7 +333,7 @@ class IntentEngine:
                                        self.card.confidence_temperature)
         familiarity = self.familiarity.score(text, calls) if self.familiarity is not None else None
         intents = [IntentCall(name=c.name, args=list(c.args)) for c in calls]
-        rejection = self.oos_rule.rejection(confidence, familiarity) if calls else None
+        rejection = self.oos_rule.rejection(confidence, familiarity, typicality) if calls else None
         if rejection is not None:
             intents = [IntentCall(name=self.settings.oos_label, args=[])]
         if route != "warmup":
@@ -334,8 +346,19 @@ class IntentEngine:
             raw=raw,
             confidence=round(confidence, 6),
             familiarity=None if familiarity is None else round(familiarity, 6),
+            typicality=None if typicality is None else round(typicality, 6),
             latency_ms=round((time.perf_counter() - start) * 1000, 3),
         )
+
+
+def typicality_scorer(settings: Settings, model_dir: Path) -> TypicalityScorer | None:
+    """The typicality scorer of a model directory with statistics, unless the operator turned it off."""
+    from service.typicality import HiddenStates, IntentStatistics
+
+    statistics = IntentStatistics.load(model_dir) if settings.typicality else None
+    if statistics is None:
+        return None
+    return TypicalityScorer(HiddenStates(model_dir), statistics)
 
 
 def _chosen_logprobs(token_ids: Sequence[int], logprobs: Any) -> list[float]:

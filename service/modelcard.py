@@ -59,6 +59,10 @@ class ModelCard(BaseModel):
     # The calibrated out-of-scope threshold on the familiarity score (`intentlm eval --calibrate`); the
     # server's default when INTENTLM_FAMILIARITY_THRESHOLD is unset. None: not calibrated.
     familiarity_threshold: float | None = Field(None, ge=0, le=1)
+    # The calibrated out-of-scope threshold on the hidden-state typicality (service.typicality, whose
+    # statistics training writes to typicality.npz); the server's default when
+    # INTENTLM_TYPICALITY_THRESHOLD is unset. None: not calibrated.
+    typicality_threshold: float | None = Field(None, ge=0, le=1)
     # Temperature of the intent confidence (`intentlm eval --calibrate` fits it on held-out data): the
     # reported confidence is exp(log p / T), so T > 1 lifts an under-confident model.
     confidence_temperature: float = Field(1.0, gt=0)
@@ -67,13 +71,14 @@ class ModelCard(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict)
     created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
-    def oos_rule(self, confidence_threshold: float | None = None,
-                 familiarity_threshold: float | None = None) -> OutOfScopeRule:
+    def oos_rule(self, confidence_threshold: float | None = None, familiarity_threshold: float | None = None,
+                 typicality_threshold: float | None = None) -> OutOfScopeRule:
         """The out-of-scope rule: each threshold as given (an operator's setting), else the calibrated
         one of this card, else 0 (off)."""
         return OutOfScopeRule(
             confidence_threshold=_first_set(confidence_threshold, self.oos_threshold),
             familiarity_threshold=_first_set(familiarity_threshold, self.familiarity_threshold),
+            typicality_threshold=_first_set(typicality_threshold, self.typicality_threshold),
         )
 
 

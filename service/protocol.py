@@ -97,6 +97,9 @@ class IntentPrediction(BaseModel):
     familiarity: float | None = Field(
         None, description="Share of the request's words seen in training (service.scope); null when the model "
         "card has no vocabulary.")
+    typicality: float | None = Field(
+        None, description="Closeness of the prompt's hidden state to the training requests of its nearest intent "
+        "(service.typicality), in (0, 1]; null when the model has no typicality statistics.")
     latency_ms: float
 
 

@@ -24,6 +24,7 @@ PREDICTION = {
     "raw": "iot_hue_lightoff();alarm_set(7 am,monday)",
     "confidence": 0.93,
     "familiarity": 0.875,
+    "typicality": 0.61,
     "latency_ms": 12.5,
 }
 NO_WAIT = Retries(total=3, backoff=0.0)

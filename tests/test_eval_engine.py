@@ -47,6 +47,7 @@ def test_model_run_writes_a_consistent_report(model_run: Path, smarthome_model: 
     for row in rows:  # constrained decoding: every complete answer names a card intent
         assert row["malformed"] or row["pred_intent"] in card["intents"], row
         assert row["latency_ms"] > 0 and 0 <= row["confidence"] <= 1 and 0 <= row["familiarity"] <= 1
+        assert 0 < row["typicality"] <= 1
     figures = result["metrics"]["reference"]
     assert figures["intent_accuracy"] == sum(r["reference_intent_correct"] for r in rows) / LIMIT
     assert (model_run / "confusion.png").read_bytes().startswith(b"\x89PNG")
@@ -65,6 +66,9 @@ def test_url_run_agrees_with_model_run(model_run: Path, live_server: LiveServer,
     assert [r["raw"] for r in _rows(tmp_path)] == [r["raw"] for r in _rows(model_run)]
     assert [r["familiarity"] for r in _rows(tmp_path)] == pytest.approx([r["familiarity"] for r in _rows(model_run)],
                                                                         abs=1e-6)
+    # one prompt alone (the server) or in a batch of 8 (eval): the same state but for bf16 rounding
+    assert [r["typicality"] for r in _rows(tmp_path)] == pytest.approx([r["typicality"] for r in _rows(model_run)],
+                                                                       rel=0.05)
     assert url_result["metrics"]["reference"] == model_result["metrics"]["reference"]
 
 
@@ -85,13 +89,17 @@ def test_calibrate_writes_temperature_and_threshold_into_the_card(smarthome_mode
     done = _eval("--model", str(model), "--calibrate")
     assert done.returncode == 0, done.stdout + done.stderr[-4000:]
     card = json.loads((model / "intentlm.json").read_text())
-    assert card["confidence_temperature"] > 0 and 0 <= card["oos_threshold"] <= 1
+    # The default score is typicality; 8 records are too few to bound the in-scope cost, so its threshold stays off.
+    assert card["confidence_temperature"] > 0 and card["typicality_threshold"] == 0.0 and card["oos_threshold"] == 0.0
     assert card["metrics"]["calibration"]["records"] == LIMIT
+    assert card["metrics"]["calibration"]["oos_score"] == "typicality"
     assert "calibrated: confidence_temperature" in done.stdout
-    # On familiarity instead: 8 records are too few to bound the in-scope cost, so the threshold stays off.
-    done = _eval("--model", str(model), "--calibrate", "--oos-score", "familiarity")
+    assert "cannot bound the rejection of new ones to 1%" in done.stderr
+    # On the confidence instead, with the familiarity threshold the operator had: replaced by the calibration.
+    card["familiarity_threshold"] = 0.5
+    (model / "intentlm.json").write_text(json.dumps(card))
+    done = _eval("--model", str(model), "--calibrate", "--oos-score", "confidence")
     assert done.returncode == 0, done.stdout + done.stderr[-4000:]
     card = json.loads((model / "intentlm.json").read_text())
-    assert card["familiarity_threshold"] == 0.0 and card["oos_threshold"] == 0.0
-    assert card["metrics"]["calibration"]["oos_score"] == "familiarity"
-    assert "cannot bound the rejection of new ones to 1%" in done.stderr
+    assert card["oos_threshold"] == 0.0 and card["familiarity_threshold"] is None and card["typicality_threshold"] is None
+    assert card["metrics"]["calibration"]["oos_score"] == "confidence"

@@ -1,4 +1,6 @@
-"""service.scope: the familiarity score, the vocabulary in the card, and the out-of-scope rule."""
+"""service.scope: the familiarity score, the vocabulary in the card, and the out-of-scope rule.
+
+(`intentlm model scope`, which writes the vocabulary: tests/test_typicality.py.)"""
 
 from __future__ import annotations
 
@@ -6,12 +8,10 @@ import json
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from service.intents import Call, parse
 from service.modelcard import ModelCard, read_card, write_card
 from service.scope import ARGUMENT_WEIGHT, Familiarity, OutOfScopeRule, Vocabulary, build_vocabulary, words
-from training.cli import model
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -74,19 +74,3 @@ def test_card_keeps_the_vocabulary_and_settings_override_its_thresholds(tmp_path
     assert again.oos_rule() == OutOfScopeRule(0.4, 0.7)
     assert again.oos_rule(0.0, None) == OutOfScopeRule(0.0, 0.7)  # an operator's 0 turns a gate off
     assert ModelCard().oos_rule() == OutOfScopeRule(0.0, 0.0)
-
-
-def test_model_vocabulary_command_writes_the_training_vocabulary(tmp_path: Path) -> None:
-    """`intentlm model vocabulary` gives an older model the vocabulary `intentlm train` writes (oos() records left out)."""
-    data = tmp_path / "train.json"
-    data.write_text(json.dumps([{"instruction": "wake me at seven", "output": "alarm_set(seven)"},
-                                {"instruction": "tell me a joke", "output": "oos()"}]))
-    write_card(tmp_path, ModelCard(intents=["alarm_set"]))
-    result = CliRunner().invoke(model, ["vocabulary", str(tmp_path), "--data", str(data)])
-    assert result.exit_code == 0, result.output
-    card = read_card(tmp_path)
-    assert card is not None and card.vocabulary == Vocabulary(context=["at", "me", "wake"], argument=["seven"])
-    assert card.intents == ["alarm_set"]  # the rest of the card is kept
-    (tmp_path / "intentlm.json").unlink()
-    refused = CliRunner().invoke(model, ["vocabulary", str(tmp_path), "--data", str(data)])
-    assert refused.exit_code == 1 and "has no intentlm.json" in refused.output

@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pytest
 from service.intents import parse
 from service.modelcard import read_card
 from service.scope import build_vocabulary
+from service.typicality import IntentStatistics
 from tests.conftest import REPO, TRAIN_FILE
 
 INTENTLM = str(REPO / ".venv" / "bin" / "intentlm")
@@ -76,6 +76,10 @@ def assert_complete_model_dir(output: Path, data: Path, mode: str, extra_intents
     assert card.metrics["tokens_per_second"] > 0 and card.created_at
     # the familiarity vocabulary is the user's records' (synthetic oos() records are not in it)
     assert card.vocabulary == build_vocabulary((r["instruction"], parse(r["output"])) for r in records)
+    # so are the typicality statistics: the trained model's states, by in-scope intent
+    statistics = IntentStatistics.load(output)
+    assert statistics is not None and statistics.means.shape[1] == 576
+    assert set(statistics.intents) == {parse(r["output"])[0].name for r in records}
     assert not output.with_name(output.name + ".checkpoints").exists()  # cleaned up after success
     assert list((output / "tensorboard").iterdir())  # TensorBoard events default inside the output
 

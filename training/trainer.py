@@ -30,6 +30,7 @@ from service.intents import args_are_spans
 from service.modelcard import ARGS_FROM_TEXT_SHARE, DataInfo, ModelCard, atomic_directory, read_card, write_card
 from service.prompt import END_OF_TURN, build_prompt, build_target
 from service.scope import DEFAULT_OOS_LABEL, Vocabulary, build_vocabulary
+from service.typicality import IntentStatistics
 from training.config import TrainConfig, fit_batch_to_data
 from training.data.compose import compose_multi_intent
 from training.data.check import check_records
@@ -429,6 +430,7 @@ def train(plan: TrainPlan, *, resume: bool = False, tensorboard_dir: Path | None
     merged = merge_adapter(plan.base_model, adapter_dir) if config.is_lora else trainer.model
     with atomic_directory(plan.output) as tmp:
         save_model_dir(merged, plan.base_model, tmp)
+        typicality_statistics(tmp, plan.records, card).save(tmp)
         if config.is_lora:  # the adapter too: small, and what `intentlm model prepare` bundles for the demo
             shutil.copytree(adapter_dir, tmp / "adapter")
         if plan.synthetic_oos:  # what the model was taught to answer oos(), for review
@@ -448,11 +450,29 @@ def args_from_text(records: list[Record]) -> bool:
     return args_are_spans((r.instruction, r.calls()) for r in records) >= ARGS_FROM_TEXT_SHARE
 
 
+def in_scope(records: list[Record]) -> list[Record]:
+    """The records the out-of-scope scores learn "in scope" from: the user's records answered with the
+    out-of-scope label, and the synthetic ones, teach the model what is *not* in scope."""
+    return [r for r in records if any(c.name != DEFAULT_OOS_LABEL for c in r.calls())]
+
+
 def training_vocabulary(records: list[Record]) -> Vocabulary:
-    """The familiarity vocabulary (service.scope) of the data's in-scope records: the user's records answered
-    with the out-of-scope label, and the synthetic ones, teach the model what is *not* in scope."""
-    return build_vocabulary((r.instruction, r.calls()) for r in records
-                            if any(c.name != DEFAULT_OOS_LABEL for c in r.calls()))
+    """The familiarity vocabulary (service.scope) of the data's in-scope records."""
+    return build_vocabulary((r.instruction, r.calls()) for r in in_scope(records))
+
+
+def typicality_statistics(model_dir: Path, records: list[Record], card: ModelCard) -> IntentStatistics:
+    """The typicality statistics (service.typicality) of the trained model in ``model_dir``: its states of the
+    in-scope records' prompts (as the server renders them), labelled with their first in-scope intent."""
+    from service.typicality import HiddenStates
+
+    kept = in_scope(records)
+    tokenizer = load_tokenizer(model_dir)
+    prompts = [build_prompt(r.instruction, system_prompt=card.system_prompt,
+                            apply_chat_template=card.apply_chat_template, tokenizer=tokenizer) for r in kept]
+    states = HiddenStates(model_dir)(tokenizer(prompts, add_special_tokens=False)["input_ids"])
+    return IntentStatistics.fit(states, [next(c.name for c in r.calls() if c.name != DEFAULT_OOS_LABEL)
+                                         for r in kept])
 
 
 def base_model_name(base_model: Path) -> str:

@@ -1,0 +1,168 @@
+"""Typicality: how close a request's hidden state is to the training requests of its nearest intent.
+
+The model's last hidden state at the end of the prompt (the state its answer starts from) is where a
+fine-tuned model separates the intents it was taught. Training requests of one intent gather around
+their mean; an out-of-scope request lands away from every mean even when the intent grammar makes
+the model answer it confidently. The distance is Mahalanobis's, with one covariance shared by the
+intents (Lee et al. 2018; Podolskiy et al. 2021 for out-of-domain intents), shrunk towards its
+average variance (``SHRINKAGE``) because a few hundred records estimate a 576x576 covariance poorly.
+
+``typicality = exp(-d² / (2 * dim))`` maps the squared distance ``d²`` to the nearest mean into (0, 1],
+higher in scope like the other two scores (a training-like request, d² ≈ dim, scores about 0.6).
+
+On intents held out of training (bench/accuracy.md §6) it finds 81 % of them at the threshold of the
+lowest correct in-scope validation answer, where familiarity finds 60 % and the confidence 19 %.
+
+The statistics (intent means, precision matrix) are written by training into the model directory
+(``typicality.npz``); the states come from the model through transformers, one forward pass
+of the prompt (vLLM does not return hidden states with a generation), the same tokens vLLM gets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+# Not a .safetensors file: vLLM loads every one in the model directory as weights.
+STATS_FILE = "typicality.npz"
+SHRINKAGE = 0.1  # chosen on the held-out intents of bench/accuracy.md §6 (0.01-0.5 all within 3 points)
+BATCH = 16
+
+
+@dataclass(frozen=True)
+class IntentStatistics:
+    """Per-intent means of the training states and the inverse of their shared, shrunk covariance."""
+
+    intents: tuple[str, ...]
+    means: np.ndarray  # (intents, dim)
+    precision: np.ndarray  # (dim, dim)
+
+    @classmethod
+    def fit(cls, states: np.ndarray, labels: Sequence[str], shrinkage: float = SHRINKAGE) -> IntentStatistics:
+        """Fit on the training states and their intents (the first call's, for a multi-intent record)."""
+        if len(states) != len(labels) or len(states) < 2:
+            raise ValueError(f"need at least two states with one label each (got {len(states)} and {len(labels)})")
+        intents = tuple(sorted(set(labels)))
+        index = np.array([intents.index(label) for label in labels])
+        x = states.astype(np.float64)
+        means = np.stack([x[index == k].mean(0) for k in range(len(intents))])
+        centred = x - means[index]
+        covariance = centred.T @ centred / len(x)
+        dim = covariance.shape[0]
+        covariance = (1 - shrinkage) * covariance + shrinkage * np.trace(covariance) / dim * np.eye(dim)
+        return cls(intents, means.astype(np.float32), np.linalg.inv(covariance).astype(np.float32))
+
+    def typicality(self, states: np.ndarray) -> np.ndarray:
+        """exp(-d²/(2 dim)) of each state's squared Mahalanobis distance d² to the nearest intent mean."""
+        diff = states.astype(np.float32)[:, None, :] - self.means[None]  # (n, intents, dim)
+        squared = np.einsum("nkd,de,nke->nk", diff, self.precision, diff).min(axis=1)
+        return np.exp(-np.maximum(squared, 0.0) / (2 * self.means.shape[1]))
+
+    def save(self, model_dir: str | os.PathLike[str]) -> Path:
+        """Write ``typicality.npz`` atomically into ``model_dir``."""
+        from service.modelcard import atomic_write_bytes
+
+        path = Path(model_dir) / STATS_FILE
+        buffer = io.BytesIO()
+        np.savez(buffer, intents=np.array(self.intents), means=self.means, precision=self.precision)
+        atomic_write_bytes(path, buffer.getvalue())
+        return path
+
+    @classmethod
+    def load(cls, model_dir: str | os.PathLike[str]) -> IntentStatistics | None:
+        """The statistics of a model directory; None when it has none (trained before intentlm wrote them)."""
+        path = Path(model_dir) / STATS_FILE
+        if not path.is_file():
+            return None
+        with np.load(path, allow_pickle=False) as f:
+            return cls(tuple(str(i) for i in f["intents"]), f["means"], f["precision"])
+
+
+class HiddenStates:
+    """The model's final hidden state (after its last norm) at each prompt's last token, via transformers.
+
+    The prompts are token ids exactly as vLLM gets them. Batches are right-padded: under causal
+    attention padding after a prompt changes nothing before it, so a batched state equals the
+    state of the prompt alone. Runs on the GPU when there is one, in bfloat16 (on this project's
+    CPU also the faster type: BENCHMARKS.md "Typicality").
+    """
+
+    def __init__(self, model_dir: str | os.PathLike[str]) -> None:
+        import torch
+        from transformers import AutoModel
+
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        # AutoModel: the decoder without its vocabulary projection, which this never needs.
+        self.model = AutoModel.from_pretrained(str(model_dir), dtype=torch.bfloat16).to(self.device).eval()
+
+    def __call__(self, prompts: Sequence[Sequence[int]]) -> np.ndarray:
+        """The states of ``prompts`` (token id lists), in order, as float32 (n, dim)."""
+        import torch
+
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths batch together
+        states: list[np.ndarray] = [np.empty(0)] * len(prompts)
+        for start in range(0, len(order), BATCH):
+            chunk = order[start:start + BATCH]
+            width = max(len(prompts[i]) for i in chunk)
+            ids = torch.zeros((len(chunk), width), dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for row, i in enumerate(chunk):
+                ids[row, :len(prompts[i])] = torch.tensor(prompts[i])
+                mask[row, :len(prompts[i])] = 1
+            with torch.inference_mode():
+                hidden = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).last_hidden_state
+            last = mask.sum(1) - 1
+            picked = hidden[torch.arange(len(chunk)), last.to(self.device)].float().cpu().numpy()
+            for row, i in enumerate(chunk):
+                states[i] = picked[row]
+        return np.stack(states) if states else np.empty((0, 0), dtype=np.float32)
+
+
+class TypicalityScorer:
+    """The server's scorer: requests that arrive while a forward pass runs are scored together in the next.
+
+    One worker thread runs the passes (torch releases the GIL, so the event loop and vLLM's output
+    handling go on); batching the waiting prompts keeps the cost per request falling under load
+    instead of queueing one pass per request.
+    """
+
+    def __init__(self, states: HiddenStates, statistics: IntentStatistics) -> None:
+        self.states = states
+        self.statistics = statistics
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="typicality")
+        self._waiting: list[tuple[Sequence[int], asyncio.Future[float]]] = []
+        self._worker: asyncio.Task[None] | None = None
+
+    async def score(self, prompt_ids: Sequence[int]) -> float:
+        """The typicality of one prompt (token ids as vLLM gets them)."""
+        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._waiting.append((prompt_ids, future))
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._run())
+        return await future
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._waiting:
+            batch, self._waiting = self._waiting, []
+            try:
+                states = await loop.run_in_executor(self._executor, self.states, [ids for ids, _ in batch])
+                values = self.statistics.typicality(states)
+            except Exception as exc:  # every waiter gets the error; the next batch tries again
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), value in zip(batch, values):
+                if not future.done():  # a cancelled request's future is done already
+                    future.set_result(float(value))
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

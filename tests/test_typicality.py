@@ -1,0 +1,127 @@
+"""service.typicality: the statistics, the hidden states of the real model, the server's batching scorer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from service.modelcard import ModelCard, read_card, write_card
+from service.scope import OutOfScopeRule, Vocabulary
+from service.typicality import STATS_FILE, HiddenStates, IntentStatistics, TypicalityScorer
+from training.cli import model
+
+
+def clusters(rng: np.random.Generator, n: int = 200, dim: int = 16) -> tuple[np.ndarray, list[str]]:
+    centres = {"a": np.zeros(dim), "b": np.full(dim, 6.0)}
+    labels = [("a", "b")[i % 2] for i in range(n)]
+    return np.stack([centres[label] + rng.normal(size=dim) for label in labels]), labels
+
+
+def test_states_near_an_intent_are_typical_and_far_ones_are_not() -> None:
+    rng = np.random.default_rng(0)
+    states, labels = clusters(rng)
+    statistics = IntentStatistics.fit(states, labels)
+    assert statistics.intents == ("a", "b") and statistics.means.shape == (2, 16)
+    near = statistics.typicality(np.stack([rng.normal(size=16), np.full(16, 6.0) + rng.normal(size=16)]))
+    far = statistics.typicality(np.stack([np.full(16, 3.0), np.full(16, -6.0)]))
+    assert near.min() > 0.3 and far.max() < 0.01  # a training-like state scores ~exp(-1/2)
+    assert ((0 < far) & (near <= 1)).all()
+
+
+def test_statistics_round_trip_through_the_model_directory(tmp_path: Path) -> None:
+    states, labels = clusters(np.random.default_rng(1))
+    statistics = IntentStatistics.fit(states, labels)
+    path = statistics.save(tmp_path)
+    assert path == tmp_path / STATS_FILE and not path.name.endswith(".safetensors")  # vLLM would load it as weights
+    again = IntentStatistics.load(tmp_path)
+    assert again is not None and again.intents == ("a", "b")
+    assert np.array_equal(again.precision, statistics.precision) and np.array_equal(again.means, statistics.means)
+    assert IntentStatistics.load(tmp_path / "missing") is None
+    with pytest.raises(ValueError, match="at least two states"):
+        IntentStatistics.fit(states[:1], labels[:1])
+
+
+def test_the_rule_rejects_on_typicality_and_ignores_a_missing_score() -> None:
+    rule = OutOfScopeRule(0.5, 0.0, 0.2)
+    assert rule.rejection(0.9, None, 0.1) == "typicality"
+    assert rule.rejection(0.4, None, 0.1) == "confidence"  # the first score under its threshold names it
+    assert not rule.rejects(0.9, None, None) and not rule.rejects(0.9, 1.0, 0.2)
+    card = ModelCard(typicality_threshold=0.3)
+    assert card.oos_rule().typicality_threshold == 0.3 and card.oos_rule(None, None, 0.0).typicality_threshold == 0.0
+
+
+class FakeStates:
+    """Counts the forward passes and the prompts in each (the real one: tests below)."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.batches: list[int] = []
+        self.fail = fail
+
+    def __call__(self, prompts: list[list[int]]) -> np.ndarray:
+        self.batches.append(len(prompts))
+        if self.fail:
+            raise RuntimeError("out of memory")
+        return np.stack([np.full(2, float(len(p))) for p in prompts])
+
+
+def test_the_scorer_batches_requests_that_wait_and_passes_errors_on() -> None:
+    statistics = IntentStatistics("a", np.zeros((1, 2), np.float32), np.eye(2, dtype=np.float32))
+
+    async def score(states: FakeStates, prompts: list[list[int]]) -> list[float]:
+        scorer = TypicalityScorer(states, statistics)  # type: ignore[arg-type]
+        try:
+            return list(await asyncio.gather(*(scorer.score(p) for p in prompts)))
+        finally:
+            scorer.shutdown()
+
+    states = FakeStates()
+    values = asyncio.run(score(states, [[1], [1, 2], [1, 2, 3], [1, 2, 3, 4]]))
+    assert values == pytest.approx([np.exp(-n * n * 2 / 4) for n in (1, 2, 3, 4)])  # in order
+    assert sum(states.batches) == 4 and len(states.batches) < 4  # the ones that waited went together
+    with pytest.raises(RuntimeError, match="out of memory"):
+        asyncio.run(score(FakeStates(fail=True), [[1], [2]]))
+
+
+def test_batched_states_of_the_real_model_equal_each_prompt_alone(base_model: Path) -> None:
+    """Right padding under causal attention: a prompt's state does not depend on its batch."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    prompts = [tokenizer.encode(text) for text in ("turn off the lights", "wake me up at seven am tomorrow please",
+                                                    "volume")]
+    states = HiddenStates(base_model)
+    together = states(prompts)
+    alone = np.stack([states([p])[0] for p in prompts])
+    assert together.shape == (3, 576) and together.dtype == np.float32
+    assert np.allclose(together, alone, atol=0.05 * np.abs(alone).max())  # bf16 matmuls differ by shape only
+
+
+def test_model_scope_command_writes_vocabulary_and_statistics(base_model: Path, tmp_path: Path) -> None:
+    """`intentlm model scope` gives an older model what `intentlm train` writes (oos() records left out)."""
+    from conftest import link_model
+
+    model_dir = link_model(base_model, tmp_path / "model")
+    data = tmp_path / "train.json"
+    data.write_text(json.dumps([{"instruction": "wake me at seven", "output": "alarm_set(seven)"},
+                                {"instruction": "wake me up at six am", "output": "alarm_set(six am)"},
+                                {"instruction": "lights off", "output": "iot_hue_lightoff()"},
+                                {"instruction": "tell me a joke", "output": "oos()"}]))
+    write_card(model_dir, ModelCard(intents=["alarm_set", "iot_hue_lightoff"]))
+    result = CliRunner().invoke(model, ["scope", str(model_dir), "--data", str(data)])
+    assert result.exit_code == 0, result.output
+    card = read_card(model_dir)
+    assert card is not None and card.vocabulary == Vocabulary(context=["at", "lights", "me", "off", "up", "wake"],
+                                                               argument=["am", "seven", "six"])
+    assert card.intents == ["alarm_set", "iot_hue_lightoff"]  # the rest of the card is kept
+    statistics = IntentStatistics.load(model_dir)
+    assert statistics is not None and statistics.intents == ("alarm_set", "iot_hue_lightoff")
+    info = CliRunner().invoke(model, ["info", str(model_dir)])
+    assert "statistics of 2 intents, 576 dimensions" in info.output
+    (model_dir / "intentlm.json").unlink()
+    refused = CliRunner().invoke(model, ["scope", str(model_dir), "--data", str(data)])
+    assert refused.exit_code == 1 and "has no intentlm.json" in refused.output
