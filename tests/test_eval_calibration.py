@@ -76,9 +76,15 @@ def test_rows_split_in_and_out_of_scope_on_the_raw_answer() -> None:
     assert from_rows([{**rows[0], "confidence": None}], "oos") is None
     assert calibration_png(c, OutOfScopeRule(0.5)).startswith(b"\x89PNG")
     familiar = from_rows([{**row, "familiarity": f} for row, f in zip(rows, (1.0, 0.5, 0.2))], "oos")
-    assert familiar is not None
-    assert (familiar.in_scope_familiarity, familiar.out_of_scope_familiarity) == ([1.0, 0.5], [0.2])
+    assert familiar is not None and familiar.other == {"familiarity": ([1.0, 0.5], [0.2])}
+    assert familiar.scores("familiarity") == [1.0, 0.5] and familiar.scores("typicality") is None
     assert calibration_png(familiar, OutOfScopeRule(0.5, 0.6)).startswith(b"\x89PNG")
+    # a score only some rows have is left out; typicality beside familiarity is drawn too
+    both = from_rows([{**row, "familiarity": 1.0, "typicality": t} for row, t in zip(rows, (0.7, 0.6, None))], "oos")
+    assert both is not None and set(both.other) == {"familiarity"}
+    both = from_rows([{**row, "familiarity": 1.0, "typicality": t} for row, t in zip(rows, (0.7, 0.6, 0.01))], "oos")
+    assert both is not None and both.other["typicality"] == ([0.7, 0.6], [0.01])
+    assert calibration_png(both, OutOfScopeRule(0.0, 0.0, 0.3)).startswith(b"\x89PNG")
 
 
 def test_calibrate_needs_a_model_and_constrained_decoding(tmp_path) -> None:
