@@ -358,7 +358,7 @@ def typicality_scorer(settings: Settings, model_dir: Path) -> TypicalityScorer |
     statistics = IntentStatistics.load(model_dir) if settings.typicality else None
     if statistics is None:
         return None
-    return TypicalityScorer(HiddenStates(model_dir), statistics)
+    return TypicalityScorer(HiddenStates(model_dir, cpu_threads=1), statistics)
 
 
 def _chosen_logprobs(token_ids: Sequence[int], logprobs: Any) -> list[float]:

@@ -91,14 +91,18 @@ class HiddenStates:
     The prompts are token ids exactly as vLLM gets them. Batches are right-padded: under causal
     attention padding after a prompt changes nothing before it, so a batched state equals the
     state of the prompt alone. Runs on the GPU when there is one, in bfloat16 (on this project's
-    CPU also the faster type: BENCHMARKS.md "Typicality").
+    CPU also the faster type). ``cpu_threads`` sets torch's threads (process-wide) when it runs on the
+    CPU: the server passes 1, so that a pass takes one core from the vLLM engine beside it, not all of
+    them (on the 2-core machine 2.2x the throughput of the default at concurrency 16, BENCHMARKS.md).
     """
 
-    def __init__(self, model_dir: str | os.PathLike[str]) -> None:
+    def __init__(self, model_dir: str | os.PathLike[str], cpu_threads: int | None = None) -> None:
         import torch
         from transformers import AutoModel
 
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        if self.device == "cpu" and cpu_threads is not None:
+            torch.set_num_threads(cpu_threads)
         # AutoModel: the decoder without its vocabulary projection, which this never needs.
         self.model = AutoModel.from_pretrained(str(model_dir), dtype=torch.bfloat16).to(self.device).eval()
 
