@@ -316,11 +316,8 @@ class IntentEngine:
         """Decode one prompt, parse, score, apply the out-of-scope rule (``text``: the utterance, history folded).
 
         The typicality forward pass runs beside the generation, not after it."""
-        if self.typicality is not None:
-            generation, typicality = await asyncio.gather(self._final(ids, params, route=route),
-                                                          self.typicality.score(ids))
-        else:
-            generation, typicality = await self._final(ids, params, route=route), None
+        generation, typicality = await asyncio.gather(self._final(ids, params, route=route),
+                                                      _typicality_of(self.typicality, ids))
         raw = generation.text.strip()
         calls = try_parse(raw)
         if calls is None and constrained and generation.finish_reason == "length":
@@ -349,6 +346,18 @@ class IntentEngine:
             typicality=None if typicality is None else round(typicality, 6),
             latency_ms=round((time.perf_counter() - start) * 1000, 3),
         )
+
+
+async def _typicality_of(scorer: TypicalityScorer | None, ids: list[int]) -> float | None:
+    """The prompt's typicality; None without a scorer, or when its pass failed: the answer still goes out,
+    without the score (the out-of-scope rule then ignores it), and the error is logged."""
+    if scorer is None:
+        return None
+    try:
+        return await scorer.score(ids)
+    except Exception:
+        log.exception("the typicality pass failed; replying without typicality")
+        return None
 
 
 def typicality_scorer(settings: Settings, model_dir: Path) -> TypicalityScorer | None:

@@ -70,7 +70,7 @@ class FakeStates:
 
 
 def test_the_scorer_batches_requests_that_wait_and_passes_errors_on() -> None:
-    statistics = IntentStatistics("a", np.zeros((1, 2), np.float32), np.eye(2, dtype=np.float32))
+    statistics = IntentStatistics(("a",), np.zeros((1, 2), np.float32), np.eye(2, dtype=np.float32))
 
     async def score(states: FakeStates, prompts: list[list[int]]) -> list[float]:
         scorer = TypicalityScorer(states, statistics)  # type: ignore[arg-type]
@@ -85,6 +85,24 @@ def test_the_scorer_batches_requests_that_wait_and_passes_errors_on() -> None:
     assert sum(states.batches) == 4 and len(states.batches) < 4  # the ones that waited went together
     with pytest.raises(RuntimeError, match="out of memory"):
         asyncio.run(score(FakeStates(fail=True), [[1], [2]]))
+
+
+def test_a_failed_pass_costs_the_reply_its_typicality_not_its_answer(caplog: pytest.LogCaptureFixture) -> None:
+    from service.engine import _typicality_of
+
+    statistics = IntentStatistics(("a",), np.zeros((1, 2), np.float32), np.eye(2, dtype=np.float32))
+
+    async def one(states: FakeStates) -> float | None:
+        scorer = TypicalityScorer(states, statistics)  # type: ignore[arg-type]
+        try:
+            return await _typicality_of(scorer, [1, 2])
+        finally:
+            scorer.shutdown()
+
+    assert asyncio.run(one(FakeStates())) == pytest.approx(np.exp(-8 / 4))
+    assert asyncio.run(one(FakeStates(fail=True))) is None
+    assert "the typicality pass failed" in caplog.text
+    assert asyncio.run(_typicality_of(None, [1])) is None
 
 
 def test_batched_states_of_the_real_model_equal_each_prompt_alone(base_model: Path) -> None:
