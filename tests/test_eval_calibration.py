@@ -94,3 +94,29 @@ def test_calibrate_needs_a_model_and_constrained_decoding(tmp_path) -> None:
                  ["--model", str(tmp_path), "--data", str(data), "--calibrate", "--free-form"]):
         result = CliRunner().invoke(eval_command, args)
         assert result.exit_code == 2 and "--calibrate needs --model" in result.output
+
+
+def test_calibrate_thresholds_typicality_by_default_and_names_what_a_model_lacks(tmp_path) -> None:
+    """`_calibrate` on rows as `intentlm eval --model` writes them: the typicality threshold is the lowest correct
+    answer's (120 correct), the other thresholds are cleared; a model without the score's data is told what to run."""
+    import json
+
+    import click
+    import pytest
+
+    from eval.cli import _calibrate
+    from service.modelcard import ModelCard, read_card, write_card
+
+    (tmp_path / "config.json").write_text("{}")
+    write_card(tmp_path, ModelCard(intents=["a"], oos_threshold=0.5, familiarity_threshold=0.7))
+    rows = [{"gold": "a()", "raw": "a()", "gold_intent": "a", "confidence": 0.9, "familiarity": None,
+             "typicality": 0.3 + i / 1000} for i in range(120)]
+    rule = _calibrate(tmp_path, rows, "oos", "typicality", tmp_path / "val.json")
+    card = read_card(tmp_path)
+    assert card is not None and card.typicality_threshold == pytest.approx(0.3) == rule.typicality_threshold
+    assert (card.oos_threshold, card.familiarity_threshold) == (0.0, None)
+    assert card.metrics["calibration"]["oos_score"] == "typicality"
+    for score, needs in (("typicality", "typicality statistics"), ("familiarity", "a vocabulary")):
+        with pytest.raises(click.ClickException, match=f"no {needs} .* `intentlm model scope`"):
+            _calibrate(tmp_path, [{**row, "typicality": None} for row in rows], "oos", score, tmp_path / "val.json")
+    assert json.loads((tmp_path / "intentlm.json").read_text())["typicality_threshold"] == pytest.approx(0.3)
