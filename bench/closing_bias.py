@@ -39,8 +39,8 @@ def main() -> None:
     tokenizer = llm.get_tokenizer()
     closing = [i for token, i in tokenizer.get_vocab().items() if ")" in tokenizer.convert_tokens_to_string([token])]
     prompts = [TokensPrompt(prompt_token_ids=tokenizer.encode(
-        build_prompt(r["instruction"], system_prompt=card.system_prompt, tokenizer=tokenizer), add_special_tokens=False))
-        for r in records]
+        build_prompt(r["instruction"], system_prompt=card.system_prompt, tokenizer=tokenizer),
+        add_special_tokens=False)) for r in records]
     baseline: dict[str, bool] = {}
     for bias in biases:
         params = [SamplingParams(temperature=0.0, max_tokens=MAX_NEW_TOKENS,

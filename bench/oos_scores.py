@@ -3,9 +3,9 @@
     .venv/bin/python bench/oos_scores.py CALIBRATION_REPORT REPORT [--weights TRAIN.json]
 
 The model needs a vocabulary and typicality statistics (`intentlm train` writes them; `intentlm model
-scope` adds them), so that the reports carry the served familiarity and typicality. For each score: AUROC (in-scope against
-out-of-scope records of REPORT) and the out-of-scope recall, with its in-scope cost, at the lowest
-score of a correct in-scope answer of CALIBRATION_REPORT (the conformal threshold of
+scope` adds them), so that the reports carry the served familiarity and typicality. For each score:
+AUROC (in-scope against out-of-scope records of REPORT) and the out-of-scope recall, with its in-scope
+cost, at the lowest score of a correct in-scope answer of CALIBRATION_REPORT (the conformal threshold of
 `intentlm eval --calibrate` once there are 99 to 198 correct answers; an `oos()` answer of the model
 itself counts as detected). Scores:
 

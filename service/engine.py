@@ -173,7 +173,8 @@ class IntentEngine:
             generation_config="vllm",  # sampling comes from the request, not generation_config.json
         )
         llm = AsyncLLM.from_engine_args(args)
-        engine = cls(llm, settings, model_dir, card, typicality_scorer(settings, model_dir))
+        scorer = await asyncio.to_thread(typicality_scorer, settings, model_dir)  # a model load: off the event loop
+        engine = cls(llm, settings, model_dir, card, scorer)
         await engine.predict("hello", route="warmup")
         return engine
 

@@ -101,5 +101,6 @@ def test_calibrate_writes_temperature_and_threshold_into_the_card(smarthome_mode
     done = _eval("--model", str(model), "--calibrate", "--oos-score", "confidence")
     assert done.returncode == 0, done.stdout + done.stderr[-4000:]
     card = json.loads((model / "intentlm.json").read_text())
-    assert card["oos_threshold"] == 0.0 and card["familiarity_threshold"] is None and card["typicality_threshold"] is None
+    assert card["oos_threshold"] == 0.0
+    assert card["familiarity_threshold"] is None and card["typicality_threshold"] is None
     assert card["metrics"]["calibration"]["oos_score"] == "confidence"

@@ -111,7 +111,8 @@ def test_unfamiliar_and_atypical_requests_are_answered_out_of_scope(servers) -> 
     server = servers["short"]
     wait_ready(server)
     replies = httpx.post(f"{server.url}/v1/intents", headers=headers(server), timeout=60, json={
-        "texts": ["turn the lights off", "order a large pepperoni pizza with extra cheese", "what is your name"]}).json()
+        "texts": ["turn the lights off", "order a large pepperoni pizza with extra cheese",
+                  "what is your name"]}).json()
     assert replies[0]["familiarity"] == 1.0 and replies[0]["typicality"] > 0.6
     assert replies[0]["intents"][0]["name"] != "oos"
     assert replies[1]["familiarity"] < 0.6 and replies[1]["intents"] == [{"name": "oos", "args": []}]

@@ -143,3 +143,12 @@ def test_model_scope_command_writes_vocabulary_and_statistics(base_model: Path, 
     (model_dir / "intentlm.json").unlink()
     refused = CliRunner().invoke(model, ["scope", str(model_dir), "--data", str(data)])
     assert refused.exit_code == 1 and "has no intentlm.json" in refused.output
+
+
+def test_data_with_one_in_scope_record_gets_no_statistics(tmp_path: Path) -> None:
+    """Training finishes without the score rather than failing at the end; `intentlm model scope` refuses."""
+    from training.data.dataset import Record
+    from training.trainer import typicality_statistics
+
+    records = [Record("wake me at seven", "alarm_set(seven)"), Record("tell me a joke", "oos()")]
+    assert typicality_statistics(tmp_path, records, ModelCard()) is None

@@ -66,7 +66,8 @@ def info(model_dir: Path, as_json: bool) -> None:
         click.echo(f"{'intentlm':>24}: none (not trained by intentlm; served with defaults)")
         return
     for key in ("base_model", "system_prompt", "apply_chat_template", "intents", "args_from_text",
-                "confidence_temperature", "oos_threshold", "familiarity_threshold", "typicality_threshold", "data", "metrics", "created_at"):
+                "confidence_temperature", "oos_threshold", "familiarity_threshold", "typicality_threshold", "data",
+                "metrics", "created_at"):
         click.echo(f"{key:>24}: {card.get(key)}")
     words = card.get("vocabulary")
     click.echo(f"{'vocabulary':>24}: " + (f"{len(words['context'])} context words, {len(words['argument'])} "
@@ -100,6 +101,8 @@ def scope(model_dir: Path, data: Path) -> None:
     if card is None:
         raise click.ClickException(f"{model_dir} has no intentlm.json: not an intentlm model directory")
     statistics = typicality_statistics(model_dir, records, card)
+    if statistics is None:
+        raise click.ClickException(f"{data}: fewer than two in-scope records; the typicality score needs more")
     card.vocabulary = training_vocabulary(records)
     write_card(model_dir, card)
     click.echo(f"{model_dir / 'intentlm.json'}: vocabulary of {len(records)} records "

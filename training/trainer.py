@@ -17,6 +17,7 @@ positions it gets at inference time.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -36,6 +37,8 @@ from training.data.compose import compose_multi_intent
 from training.data.check import check_records
 from training.data.dataset import Record, file_sha256, load_dataset
 from training.data.synthetic_oos import synthetic_oos_records
+
+log = logging.getLogger("intentlm.train")
 
 
 IGNORE_INDEX = -100
@@ -430,7 +433,9 @@ def train(plan: TrainPlan, *, resume: bool = False, tensorboard_dir: Path | None
     merged = merge_adapter(plan.base_model, adapter_dir) if config.is_lora else trainer.model
     with atomic_directory(plan.output) as tmp:
         save_model_dir(merged, plan.base_model, tmp)
-        typicality_statistics(tmp, plan.records, card).save(tmp)
+        statistics = typicality_statistics(tmp, plan.records, card)
+        if statistics is not None:
+            statistics.save(tmp)
         if config.is_lora:  # the adapter too: small, and what `intentlm model prepare` bundles for the demo
             shutil.copytree(adapter_dir, tmp / "adapter")
         if plan.synthetic_oos:  # what the model was taught to answer oos(), for review
@@ -461,12 +466,16 @@ def training_vocabulary(records: list[Record]) -> Vocabulary:
     return build_vocabulary((r.instruction, r.calls()) for r in in_scope(records))
 
 
-def typicality_statistics(model_dir: Path, records: list[Record], card: ModelCard) -> IntentStatistics:
+def typicality_statistics(model_dir: Path, records: list[Record], card: ModelCard) -> IntentStatistics | None:
     """The typicality statistics (service.typicality) of the trained model in ``model_dir``: its states of the
-    in-scope records' prompts (as the server renders them), labelled with their first in-scope intent."""
+    in-scope records' prompts (as the server renders them), labelled with their first in-scope intent. None
+    (no typicality score) for data with fewer than two in-scope records, which cannot estimate a spread."""
     from service.typicality import HiddenStates
 
     kept = in_scope(records)
+    if len(kept) < 2:
+        log.warning("fewer than two in-scope records: the model gets no typicality statistics")
+        return None
     tokenizer = load_tokenizer(model_dir)
     prompts = [build_prompt(r.instruction, system_prompt=card.system_prompt,
                             apply_chat_template=card.apply_chat_template, tokenizer=tokenizer) for r in kept]
