@@ -362,13 +362,23 @@ async def _typicality_of(scorer: TypicalityScorer | None, ids: list[int]) -> flo
 
 
 def typicality_scorer(settings: Settings, model_dir: Path) -> TypicalityScorer | None:
-    """The typicality scorer of a model directory with statistics, unless the operator turned it off."""
+    """The typicality scorer of a model directory with statistics, unless the operator turned it off.
+
+    Its model copy loads after vLLM's engine has taken its share of the GPU; when it does not fit, the
+    server does not start (rather than serve without the out-of-scope rule the card was calibrated for)
+    and says what to change."""
     from service.typicality import HiddenStates, IntentStatistics
 
     statistics = IntentStatistics.load(model_dir) if settings.typicality else None
     if statistics is None:
         return None
-    return TypicalityScorer(HiddenStates(model_dir, cpu_threads=1), statistics)
+    try:
+        states = HiddenStates(model_dir, cpu_threads=1)
+    except (RuntimeError, MemoryError) as exc:  # torch's OutOfMemoryError is a RuntimeError
+        raise RuntimeError(
+            f"typicality: cannot load the second copy of {model_dir} for its scoring pass ({exc}); lower "
+            "INTENTLM_GPU_MEMORY_UTILIZATION to leave it room, or set INTENTLM_TYPICALITY=false") from exc
+    return TypicalityScorer(states, statistics)
 
 
 def _chosen_logprobs(token_ids: Sequence[int], logprobs: Any) -> list[float]:
