@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from service.modelcard import ModelCard, read_card, write_card
 from service.scope import OutOfScopeRule, Vocabulary
-from service.typicality import STATS_FILE, HiddenStates, IntentStatistics, TypicalityScorer
+from service.typicality import STATS_FILE, HiddenStates, IntentStatistics, TypicalityScorer, _shared_prefix
 from training.cli import model
 
 
@@ -106,17 +106,29 @@ def test_a_failed_pass_costs_the_reply_its_typicality_not_its_answer(caplog: pyt
 
 
 def test_batched_states_of_the_real_model_equal_each_prompt_alone(base_model: Path) -> None:
-    """Right padding under causal attention: a prompt's state does not depend on its batch."""
+    """The shared system-prompt turn run once, right padding under causal attention: a prompt's state does not
+    depend on its batch (to bf16 rounding), nor does its typicality."""
     from transformers import AutoTokenizer
 
+    from service.prompt import build_prompt
+
     tokenizer = AutoTokenizer.from_pretrained(base_model)
-    prompts = [tokenizer.encode(text) for text in ("turn off the lights", "wake me up at seven am tomorrow please",
-                                                    "volume")]
+    texts = ("turn off the lights", "wake me up at seven am tomorrow please", "volume", "order a pizza")
+    prompts = [tokenizer.encode(build_prompt(t, tokenizer=tokenizer), add_special_tokens=False) for t in texts]
+    assert _shared_prefix(prompts) >= 10 and _shared_prefix([[1, 2], [1, 2, 3]]) == 1  # each keeps a token
     states = HiddenStates(base_model)
     together = states(prompts)
     alone = np.stack([states([p])[0] for p in prompts])
-    assert together.shape == (3, 576) and together.dtype == np.float32
-    assert np.allclose(together, alone, atol=0.05 * np.abs(alone).max())  # bf16 matmuls differ by shape only
+    assert together.shape == (4, 576) and together.dtype == np.float32
+    assert np.allclose(together, alone, atol=0.05 * np.abs(alone).max())
+    from conftest import TRAIN_FILE
+
+    records = [r for r in json.loads(TRAIN_FILE.read_text()) if ";" not in r["output"]][:48]
+    statistics = IntentStatistics.fit(states([tokenizer.encode(build_prompt(r["instruction"], tokenizer=tokenizer),
+                                                               add_special_tokens=False) for r in records]),
+                                      [r["output"].split("(")[0] for r in records])
+    # bf16: within 0.02 here (untrained model, 48 records); the demo model's agree within 1.4 % (32 validation prompts)
+    assert statistics.typicality(together) == pytest.approx(statistics.typicality(alone), abs=0.02)
 
 
 def test_model_scope_command_writes_vocabulary_and_statistics(base_model: Path, tmp_path: Path) -> None:
