@@ -95,7 +95,7 @@ class HiddenStates:
     (to bf16 rounding). Runs on the GPU when there is one, in bfloat16 (on this project's
     CPU also the faster type). ``cpu_threads`` sets torch's threads (process-wide) when it runs on the
     CPU: the server passes 1, so that a pass takes one core from the vLLM engine beside it, not all of
-    them (on the 2-core machine 2.2x the throughput of the default at concurrency 16, BENCHMARKS.md).
+    them (on the 2-core machine 1.7-1.9x the throughput of the default at concurrency 16, BENCHMARKS.md).
     """
 
     def __init__(self, model_dir: str | os.PathLike[str], cpu_threads: int | None = None) -> None:
