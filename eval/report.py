@@ -190,38 +190,35 @@ def markdown_report(result: EvalResult, rows: Sequence[dict[str, Any]]) -> str:
             [[r["instruction"], f"`{r['gold']}`", f"`{r['raw']}`", _confidence(r)] for r in errors],
             markdown=True,
         )]
-    parts += _calibration_section(result, rows, markdown=True)
+    text = _calibration_text(result, rows)
+    if text is not None:
+        parts += ["## Confidence and out-of-scope", text, "![reliability and trade-off](calibration.png)"]
     return "\n\n".join(parts) + "\n"
 
 
-def _calibration_section(result: EvalResult, rows: Sequence[dict[str, Any]], *, markdown: bool) -> list[str]:
-    """ECE, the threshold and the reliability / trade-off figure, when the run has confidences."""
-    from eval.calibration import calibration_png, expected_calibration_error, from_rows
+def _calibration_text(result: EvalResult, rows: Sequence[dict[str, Any]]) -> str | None:
+    """ECE and the out-of-scope thresholds, when the run has in-scope confidences."""
+    from eval.calibration import expected_calibration_error, from_rows
 
     c = from_rows(rows, result.run.oos_label)
     if c is None or not c.in_scope:
-        return []
-    run = result.run
-    rule = run.oos_rule()
+        return None
+    rule = result.run.oos_rule()
     thresholds = ", ".join(
         f"{name} {getattr(rule, f'{name}_threshold'):.4f}" if getattr(rule, f"{name}_threshold") else f"{name} none"
         for name in ("confidence", *c.other))
-    text = (f"Expected calibration error of the intent confidence on the {len(c.in_scope)} in-scope records: "
+    return (f"Expected calibration error of the intent confidence on the {len(c.in_scope)} in-scope records: "
             f"{expected_calibration_error(c.in_scope, c.in_scope_correct):.3f}; out-of-scope thresholds: "
             f"{thresholds}.")
-    if markdown:
-        return ["## Confidence and out-of-scope", text, "![reliability and trade-off](calibration.png)"]
-    png = base64.b64encode(calibration_png(c, run.oos_rule())).decode()
-    return [f"<h2>Confidence and out-of-scope</h2><p>{html.escape(text)}</p>"
-            f"<img alt='reliability diagram and trade-off' src='data:image/png;base64,{png}'>"]
 
 
 def _confidence(row: dict[str, Any]) -> str:
     return "—" if row["confidence"] is None else f"{row['confidence']:.3f}"
 
 
-def html_report(result: EvalResult, rows: Sequence[dict[str, Any]], png: bytes) -> str:
-    """One file, no external resources: the confusion matrix is a data: URI."""
+def html_report(result: EvalResult, rows: Sequence[dict[str, Any]], png: bytes, calibration: bytes | None) -> str:
+    """One file, no external resources: the confusion matrix (``png``) and the calibration figure are data:
+    URIs."""
     run = result.run
     m = result.metrics
     esc = html.escape
@@ -253,7 +250,10 @@ def html_report(result: EvalResult, rows: Sequence[dict[str, Any]], png: bytes) 
             ["utterance", "gold", "answer", "confidence"],
             [[r["instruction"], r["gold"], r["raw"], _confidence(r)] for r in errors],
         ))
-    sections += _calibration_section(result, rows, markdown=False)
+    text = _calibration_text(result, rows)
+    if text is not None and calibration is not None:
+        sections.append(f"<h2>Confidence and out-of-scope</h2><p>{esc(text)}</p><img alt='reliability diagram and "
+                        f"trade-off' src='data:image/png;base64,{base64.b64encode(calibration).decode()}'>")
     style = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}"
              "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
              "text-align:left;font-size:14px}th{background:#f3f3f3}img{max-width:100%}")
@@ -324,12 +324,13 @@ def write_report(out_dir: str | os.PathLike[str], result: EvalResult, rows: Sequ
     png = confusion_png(result.metrics)
     atomic_write_bytes(out / "confusion.png", png)
     confidences = from_rows(rows, result.run.oos_label)
-    if confidences is not None:
-        atomic_write_bytes(out / "calibration.png", calibration_png(confidences, result.run.oos_rule()))
+    calibration = None if confidences is None else calibration_png(confidences, result.run.oos_rule())
+    if calibration is not None:
+        atomic_write_bytes(out / "calibration.png", calibration)
     atomic_write_bytes(out / "metrics.json", result.model_dump_json(indent=2).encode() + b"\n")
     atomic_write_bytes(out / "predictions.jsonl", b"".join(orjson.dumps(r) + b"\n" for r in rows))
     atomic_write_bytes(out / "report.md", markdown_report(result, rows).encode())
-    atomic_write_bytes(out / "report.html", html_report(result, rows, png).encode())
+    atomic_write_bytes(out / "report.html", html_report(result, rows, png, calibration).encode())
     return out
 
 

@@ -67,8 +67,8 @@ class Settings(BaseSettings):
     typicality: bool = Field(
         True,
         description="Score typicality when the model directory has typicality.npz. It loads a second copy "
-        "of the model (transformers) for one forward pass of each prompt: ~50 ms per request on a 2-core CPU, "
-        "and the model's size again in memory.",
+        "of the model (transformers) for one forward pass of each prompt: the model's size again in memory, and "
+        "on a 2-core CPU ~40 % more latency and half the throughput (BENCHMARKS.md, Typicality).",
     )
 
     # CPU: the KV cache vLLM reserves, in GiB (VLLM_CPU_KVCACHE_SPACE), when the variable is unset.

@@ -132,12 +132,7 @@ def end_of_turn(tokenizer: Any, config: TrainConfig) -> str:
 def tokenize(records: list[Record], tokenizer: Any, config: TrainConfig) -> tuple[list[Example], list[tuple[int | None, int]]]:
     """Prompt and answer are tokenized separately, exactly as the server tokenizes the prompt alone."""
     eot = end_of_turn(tokenizer, config)
-    prompts = [
-        build_prompt(r.instruction, system_prompt=config.system_prompt,
-                     apply_chat_template=config.apply_chat_template, tokenizer=tokenizer)
-        for r in records
-    ]
-    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    prompt_ids = prompt_token_ids(records, tokenizer, config.system_prompt, config.apply_chat_template)
     answer_ids = tokenizer([build_target(r.output, end_of_turn=eot) for r in records],
                            add_special_tokens=False)["input_ids"]
     examples, skipped = [], []
@@ -147,6 +142,14 @@ def tokenize(records: list[Record], tokenizer: Any, config: TrainConfig) -> tupl
         else:
             examples.append(Example(p + a, len(a), record.line))
     return examples, skipped
+
+
+def prompt_token_ids(records: list[Record], tokenizer: Any, system_prompt: str,
+                     apply_chat_template: bool) -> list[list[int]]:
+    """The token ids of the records' prompts, as the server renders and tokenizes them."""
+    prompts = [build_prompt(r.instruction, system_prompt=system_prompt, apply_chat_template=apply_chat_template,
+                            tokenizer=tokenizer) for r in records]
+    return tokenizer(prompts, add_special_tokens=False)["input_ids"]
 
 
 def plan_training(data: Path, output: Path, config: TrainConfig, explicit: set[str], base_model: Path,
@@ -476,10 +479,8 @@ def typicality_statistics(model_dir: Path, records: list[Record], card: ModelCar
     if len(kept) < 2:
         log.warning("fewer than two in-scope records: the model gets no typicality statistics")
         return None
-    tokenizer = load_tokenizer(model_dir)
-    prompts = [build_prompt(r.instruction, system_prompt=card.system_prompt,
-                            apply_chat_template=card.apply_chat_template, tokenizer=tokenizer) for r in kept]
-    states = HiddenStates(model_dir)(tokenizer(prompts, add_special_tokens=False)["input_ids"])
+    prompts = prompt_token_ids(kept, load_tokenizer(model_dir), card.system_prompt, card.apply_chat_template)
+    states = HiddenStates(model_dir)(prompts)
     return IntentStatistics.fit(states, [next(c.name for c in r.calls() if c.name != DEFAULT_OOS_LABEL)
                                          for r in kept])
 
