@@ -40,7 +40,8 @@ if TYPE_CHECKING:
 @click.option("--calibrate", is_flag=True,
               help="--model only: on this held-out IN-SCOPE data (the validation split), fit the confidence "
                    "temperature and choose the out-of-scope threshold (on --oos-score) that rejects at most 1 % of "
-                   "correct in-scope answers; write both into the model's intentlm.json (the server's defaults).")
+                   "correct in-scope answers (for typicality: of these and the training requests' cross-fitted "
+                   "scores); write both into the model's intentlm.json (the server's defaults).")
 @click.option("--oos-score", type=click.Choice(["confidence", "familiarity", "typicality"]), default="typicality",
               show_default=True,
               help="--calibrate: the score the out-of-scope threshold applies to. typicality: closeness of the "
@@ -156,8 +157,9 @@ def eval_command(
 
 
 def _calibrate(model_dir: Path, rows: list[dict], oos_label: str, oos_score: str, data_file: Path) -> OutOfScopeRule:
-    """Fit the confidence temperature and choose the out-of-scope threshold on ``oos_score`` (in-scope rows);
-    write them into the card, replacing its earlier thresholds.
+    """Fit the confidence temperature and choose the out-of-scope threshold on ``oos_score`` (in-scope rows, and
+    for typicality the training requests' cross-fitted scores too); write them into the card, replacing its
+    earlier thresholds.
 
     The rows' confidences are already under the card's temperature, so the fitted one multiplies it.
     """
@@ -165,6 +167,7 @@ def _calibrate(model_dir: Path, rows: list[dict], oos_label: str, oos_score: str
                                   from_rows, rescale)
     from eval.runner import model_card
     from service.modelcard import write_card
+    from service.typicality import IntentStatistics
 
     c = from_rows(rows, oos_label)
     if c is None or not c.in_scope:
@@ -177,17 +180,23 @@ def _calibrate(model_dir: Path, rows: list[dict], oos_label: str, oos_score: str
         needs = "a vocabulary" if oos_score == "familiarity" else "typicality statistics"
         raise click.ClickException(f"{model_dir}: the model has no {needs} to score {oos_score} with; run "
                                    "`intentlm model scope` with the model's training data first")
-    threshold = choose_threshold(scores, c.in_scope_correct)
+    # Typicality pools the validation answers with the training requests' cross-fitted scores (service.typicality):
+    # ten times the data to bound the rejection of new in-scope requests with.
+    statistics = IntentStatistics.load(model_dir) if oos_score == "typicality" else None
+    held_out = statistics.held_out.tolist() if statistics is not None else []
+    pooled = list(c.in_scope_correct) + [True] * len(held_out)
+    threshold = choose_threshold(list(scores) + held_out, pooled)
     card.confidence_temperature = round(card.confidence_temperature * factor, 4)
     card.oos_threshold = threshold if oos_score == "confidence" else 0.0
     card.familiarity_threshold = threshold if oos_score == "familiarity" else None
     card.typicality_threshold = threshold if oos_score == "typicality" else None
     if not threshold:
-        click.echo(f"warning: {sum(c.in_scope_correct)} correct in-scope answers cannot bound the rejection of "
+        click.echo(f"warning: {sum(pooled)} correct in-scope answers cannot bound the rejection of "
                    f"new ones to {1 - KEEP:.0%} (it takes {round(1 / (1 - KEEP)) - 1}): out-of-scope threshold off",
                    err=True)
     card.metrics["calibration"] = {
-        "data": str(data_file), "records": len(c.in_scope), "keep": KEEP, "oos_score": oos_score,
+        "data": str(data_file), "records": len(c.in_scope), "training_scores": len(held_out), "keep": KEEP,
+        "oos_score": oos_score,
         "in_scope_accuracy": round(accuracy_at(0.0, scores, c.in_scope_correct), 4),
         "in_scope_accuracy_at_threshold": round(accuracy_at(threshold, scores, c.in_scope_correct), 4),
         "ece_before": round(expected_calibration_error(c.in_scope, c.in_scope_correct), 4),

@@ -120,3 +120,26 @@ def test_calibrate_thresholds_typicality_by_default_and_names_what_a_model_lacks
         with pytest.raises(click.ClickException, match=f"no {needs} .* `intentlm model scope`"):
             _calibrate(tmp_path, [{**row, "typicality": None} for row in rows], "oos", score, tmp_path / "val.json")
     assert json.loads((tmp_path / "intentlm.json").read_text())["typicality_threshold"] == pytest.approx(0.3)
+
+
+def test_calibrate_pools_typicality_with_the_training_requests_cross_fitted_scores(tmp_path) -> None:
+    """50 correct validation answers alone cannot bound the cost at 1 %; with the model's 250 cross-fitted training
+    scores (typicality.npz) they can: 300 answers may let 2 go, so the threshold is the third lowest score of the pool."""
+    import numpy as np
+    import pytest
+
+    from eval.cli import _calibrate
+    from service.modelcard import ModelCard, read_card, write_card
+    from service.typicality import IntentStatistics
+
+    (tmp_path / "config.json").write_text("{}")
+    write_card(tmp_path, ModelCard(intents=["a"]))
+    rows = [{"gold": "a()", "raw": "a()", "gold_intent": "a", "confidence": 0.9, "familiarity": None,
+             "typicality": 0.5 + i / 1000} for i in range(50)]
+    assert _calibrate(tmp_path, rows, "oos", "typicality", tmp_path / "val.json").typicality_threshold == 0.0
+    held_out = np.array([0.2, 0.6, 0.3] + [0.7] * 247, dtype=np.float32)
+    IntentStatistics(("a",), np.zeros((1, 2), np.float32), np.eye(2, dtype=np.float32), held_out).save(tmp_path)
+    rule = _calibrate(tmp_path, rows, "oos", "typicality", tmp_path / "val.json")
+    card = read_card(tmp_path)
+    assert rule.typicality_threshold == pytest.approx(0.5) == card.typicality_threshold  # below: 0.2, 0.3
+    assert card.metrics["calibration"]["training_scores"] == 250 and card.metrics["calibration"]["records"] == 50

@@ -80,6 +80,8 @@ def assert_complete_model_dir(output: Path, data: Path, mode: str, extra_intents
     statistics = IntentStatistics.load(output)
     assert statistics is not None and statistics.means.shape[1] == 576
     assert set(statistics.intents) == {parse(r["output"])[0].name for r in records}
+    # 16 records are too few to cross-fit (service.typicality.FOLDS), so training sets no typicality threshold
+    assert statistics.held_out.size == 0 and card.typicality_threshold is None
     assert not output.with_name(output.name + ".checkpoints").exists()  # cleaned up after success
     assert list((output / "tensorboard").iterdir())  # TensorBoard events default inside the output
 

@@ -33,6 +33,19 @@ def test_states_near_an_intent_are_typical_and_far_ones_are_not() -> None:
     assert ((0 < far) & (near <= 1)).all()
 
 
+def test_cross_fitted_scores_are_distributed_like_new_states() -> None:
+    """``held_out`` scores each training state under statistics fitted without it: like a fresh state, not like
+    the training states themselves (which the fit pulls closer: a 32x32 covariance from 200 states)."""
+    rng = np.random.default_rng(2)
+    states, labels = clusters(rng, dim=32)
+    statistics = IntentStatistics.fit(states, labels)
+    assert statistics.held_out.shape == (200,) and statistics.held_out.dtype == np.float32
+    fresh = np.median(statistics.typicality(clusters(rng, n=2000, dim=32)[0]))  # 0.564
+    in_sample = np.median(statistics.typicality(states))  # 0.620
+    assert abs(np.median(statistics.held_out) - fresh) < 0.01 and in_sample - fresh > 0.04  # held out: 0.565
+    assert IntentStatistics.fit(states[:39], labels[:39]).held_out.size == 0  # too few to cross-fit in 20 folds
+
+
 def test_statistics_round_trip_through_the_model_directory(tmp_path: Path) -> None:
     states, labels = clusters(np.random.default_rng(1))
     statistics = IntentStatistics.fit(states, labels)
@@ -41,7 +54,11 @@ def test_statistics_round_trip_through_the_model_directory(tmp_path: Path) -> No
     again = IntentStatistics.load(tmp_path)
     assert again is not None and again.intents == ("a", "b")
     assert np.array_equal(again.precision, statistics.precision) and np.array_equal(again.means, statistics.means)
+    assert np.array_equal(again.held_out, statistics.held_out)
     assert IntentStatistics.load(tmp_path / "missing") is None
+    np.savez(path, intents=np.array(statistics.intents), means=statistics.means, precision=statistics.precision)
+    older = IntentStatistics.load(tmp_path)  # written before the cross-fitted scores
+    assert older is not None and older.held_out.size == 0
     with pytest.raises(ValueError, match="at least two states"):
         IntentStatistics.fit(states[:1], labels[:1])
 
@@ -164,3 +181,13 @@ def test_data_with_one_in_scope_record_gets_no_statistics(tmp_path: Path) -> Non
 
     records = [Record("wake me at seven", "alarm_set(seven)"), Record("tell me a joke", "oos()")]
     assert typicality_statistics(tmp_path, records, ModelCard()) is None
+
+
+def test_training_sets_the_threshold_its_cross_fitted_scores_support() -> None:
+    """200 scores may let one go (split-conformal at 1 %): the threshold is the second lowest; none without them."""
+    from training.trainer import typicality_threshold
+
+    states, labels = clusters(np.random.default_rng(3))
+    statistics = IntentStatistics.fit(states, labels)
+    assert typicality_threshold(statistics) == pytest.approx(float(np.sort(statistics.held_out)[1]))
+    assert typicality_threshold(IntentStatistics.fit(states[:30], labels[:30])) is None

@@ -74,7 +74,8 @@ def info(model_dir: Path, as_json: bool) -> None:
                                            "argument-only words" if words else "none (no familiarity score)"))
     statistics = IntentStatistics.load(model_dir)
     click.echo(f"{'typicality':>24}: " + (f"statistics of {len(statistics.intents)} intents, "
-                                           f"{statistics.means.shape[1]} dimensions" if statistics else
+                                           f"{statistics.means.shape[1]} dimensions, "
+                                           f"{len(statistics.held_out)} cross-fitted training scores" if statistics else
                                            "none (no typicality score)"))
 
 
@@ -84,14 +85,16 @@ def info(model_dir: Path, as_json: bool) -> None:
               help="The data MODEL_DIR was trained on.")
 def scope(model_dir: Path, data: Path) -> None:
     """Write what the out-of-scope scores need, from --data, into MODEL_DIR, as `intentlm train` does:
-    the vocabulary (intentlm.json) and the typicality statistics (typicality.npz).
+    the vocabulary (intentlm.json), the typicality statistics (typicality.npz) and the typicality
+    threshold they support (intentlm.json), replacing any earlier one: new statistics score differently.
 
     For a model trained before intentlm recorded them: its replies then carry familiarity and
-    typicality scores. Run `intentlm eval --calibrate` afterwards to choose the out-of-scope threshold.
+    typicality scores. Run `intentlm eval --calibrate` on a validation split afterwards to fit the
+    confidence temperature and refine the threshold.
     """
     from service.modelcard import ModelCardError, read_card, write_card
     from training.data.dataset import DatasetError, load_dataset
-    from training.trainer import training_vocabulary, typicality_statistics
+    from training.trainer import training_vocabulary, typicality_statistics, typicality_threshold
 
     try:
         card = read_card(model_dir)
@@ -104,10 +107,12 @@ def scope(model_dir: Path, data: Path) -> None:
     if statistics is None:
         raise click.ClickException(f"{data}: fewer than two in-scope records; the typicality score needs more")
     card.vocabulary = training_vocabulary(records)
+    card.typicality_threshold = typicality_threshold(statistics)
+    click.echo(f"{statistics.save(model_dir)}: typicality statistics of {len(statistics.intents)} intents")
     write_card(model_dir, card)
     click.echo(f"{model_dir / 'intentlm.json'}: vocabulary of {len(records)} records "
-               f"({len(card.vocabulary.context)} context words, {len(card.vocabulary.argument)} argument-only words)")
-    click.echo(f"{statistics.save(model_dir)}: typicality statistics of {len(statistics.intents)} intents")
+               f"({len(card.vocabulary.context)} context words, {len(card.vocabulary.argument)} argument-only words), "
+               f"typicality threshold {card.typicality_threshold}")
 
 
 def _knobs_help() -> str:

@@ -439,6 +439,7 @@ def train(plan: TrainPlan, *, resume: bool = False, tensorboard_dir: Path | None
         statistics = typicality_statistics(tmp, plan.records, card)
         if statistics is not None:
             statistics.save(tmp)
+            card.typicality_threshold = typicality_threshold(statistics)
         if config.is_lora:  # the adapter too: small, and what `intentlm model prepare` bundles for the demo
             shutil.copytree(adapter_dir, tmp / "adapter")
         if plan.synthetic_oos:  # what the model was taught to answer oos(), for review
@@ -483,6 +484,17 @@ def typicality_statistics(model_dir: Path, records: list[Record], card: ModelCar
     states = HiddenStates(model_dir)(prompts)
     return IntentStatistics.fit(states, [next(c.name for c in r.calls() if c.name != DEFAULT_OOS_LABEL)
                                          for r in kept])
+
+
+def typicality_threshold(statistics: IntentStatistics) -> float | None:
+    """The out-of-scope threshold the training data alone supports, so that a trained model knows what it
+    does not know before any calibration: the split-conformal threshold (eval.calibration.choose_threshold)
+    over the cross-fitted scores of the training requests, which rejects at most 1 % of new in-scope requests
+    scored like them. None (off) when there are too few of them (under 99) to bound that."""
+    from eval.calibration import choose_threshold
+
+    held_out = statistics.held_out.tolist()
+    return (choose_threshold(held_out, [True] * len(held_out)) or None) if held_out else None
 
 
 def base_model_name(base_model: Path) -> str:
