@@ -30,7 +30,7 @@ import click
                    "oos() [default: the card's calibrated one, else 0: off].")
 @click.option("--typicality-threshold", type=float,
               help="Typicality (closeness of the prompt's hidden state to the training requests) below which "
-                   "/v1/intents answers oos() [default: the card's calibrated one, else 0: off].")
+                   "/v1/intents answers oos() [default: the card's (training's, or calibrated), else 0: off].")
 @click.option("--typicality/--no-typicality", default=None,
               help="Score typicality when the model has typicality.npz (a second, transformers copy of "
                    "the model) [on].")

@@ -62,7 +62,8 @@ class Settings(BaseSettings):
     typicality_threshold: float | None = Field(
         None, ge=0, le=1,
         description="Below this typicality (how close the prompt's hidden state is to the training requests of "
-        "its nearest intent) the answer is out-of-scope; unset: the model card's calibrated threshold, else 0 = off.",
+        "its nearest intent) the answer is out-of-scope; unset: the model card's (set by training, refined by "
+        "`intentlm eval --calibrate`), else 0 = off.",
     )
     typicality: bool = Field(
         True,

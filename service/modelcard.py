@@ -59,9 +59,10 @@ class ModelCard(BaseModel):
     # The calibrated out-of-scope threshold on the familiarity score (`intentlm eval --calibrate`); the
     # server's default when INTENTLM_FAMILIARITY_THRESHOLD is unset. None: not calibrated.
     familiarity_threshold: float | None = Field(None, ge=0, le=1)
-    # The calibrated out-of-scope threshold on the hidden-state typicality (service.typicality, whose
-    # statistics training writes to typicality.npz); the server's default when
-    # INTENTLM_TYPICALITY_THRESHOLD is unset. None: not calibrated.
+    # The out-of-scope threshold on the hidden-state typicality (service.typicality, whose statistics
+    # training writes to typicality.npz): set by training from the training requests' cross-fitted scores,
+    # refined by `intentlm eval --calibrate`; the server's default when INTENTLM_TYPICALITY_THRESHOLD is
+    # unset. None: off (no statistics, or too few records to bound the in-scope cost).
     typicality_threshold: float | None = Field(None, ge=0, le=1)
     # Temperature of the intent confidence (`intentlm eval --calibrate` fits it on held-out data): the
     # reported confidence is exp(log p / T), so T > 1 lifts an under-confident model.
