@@ -41,7 +41,7 @@ import numpy as np
 # Not a .safetensors file: vLLM loads every one in the model directory as weights.
 STATS_FILE = "typicality.npz"
 SHRINKAGE = 0.1  # chosen on the held-out intents of bench/accuracy.md §6 (0.01-0.5 all within 3 points)
-FOLDS = 20  # for ``held_out``: fewer fit on less data and score lower (bench/accuracy.md §9: 5 folds, thresholds -0.01..-0.05)
+FOLDS = 20  # for ``held_out``; fewer folds fit on less data and score lower (bench/accuracy.md §9)
 BATCH = 16
 
 
