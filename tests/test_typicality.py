@@ -174,6 +174,25 @@ def test_model_scope_command_writes_vocabulary_and_statistics(base_model: Path, 
     assert refused.exit_code == 1 and "has no intentlm.json" in refused.output
 
 
+def test_model_scope_sets_the_threshold_the_cross_fitted_scores_support(base_model: Path, tmp_path: Path) -> None:
+    """120 in-scope records (the real model's states): 120 cross-fitted scores, and the card gets their lowest as its
+    typicality threshold (120 scores may let none go at 1 %), replacing an earlier one."""
+    from conftest import TRAIN_FILE, link_model
+
+    model_dir = link_model(base_model, tmp_path / "model")
+    data = tmp_path / "train.json"
+    data.write_text(json.dumps([r for r in json.loads(TRAIN_FILE.read_text()) if ";" not in r["output"]][:120]))
+    write_card(model_dir, ModelCard(typicality_threshold=0.9))
+    result = CliRunner().invoke(model, ["scope", str(model_dir), "--data", str(data)])
+    assert result.exit_code == 0, result.output
+    statistics = IntentStatistics.load(model_dir)
+    card = read_card(model_dir)
+    assert statistics is not None and statistics.held_out.shape == (120,)
+    assert card is not None and card.typicality_threshold == pytest.approx(float(statistics.held_out.min()))
+    assert f"typicality threshold {card.typicality_threshold}" in result.output
+    assert "120 cross-fitted training scores" in CliRunner().invoke(model, ["info", str(model_dir)]).output
+
+
 def test_data_with_one_in_scope_record_gets_no_statistics(tmp_path: Path) -> None:
     """Training finishes without the score rather than failing at the end; `intentlm model scope` refuses."""
     from training.data.dataset import Record
