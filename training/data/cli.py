@@ -116,7 +116,11 @@ def to_itag(file: Path, output: Path, prelabel_model: Path | None) -> None:
 @click.option("-o", "--train-out", required=True, type=OUTPUT, help="Where to write the training side.")
 @click.option("--test-out", required=True, type=OUTPUT, help="Where to write the test side.")
 def split(file: Path, test_ratio: float, seed: int, train_out: Path, test_out: Path) -> None:
-    """Split FILE into train and test, stratified by intent (combination), reproducibly."""
+    """Split FILE into train and test, stratified by intent (combination), reproducibly.
+
+    A multi-intent record composed of single-intent records of FILE (joined by the data's connective,
+    as in HWU64) goes to the same side as they do, so that no test utterance is trained on.
+    """
     from training.data.split import SplitError, split_records
 
     if train_out.resolve() == test_out.resolve():
