@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from service.intents import IntentParseError, format_calls, parse
-from training.data.dataset import Record
+from training.data.dataset import Record, same_text_key
 
 Severity = Literal["error", "warning", "info"]
 
@@ -155,7 +155,7 @@ def check_records(records: list[Record], *, file: str = "") -> Report:
             multi_records += 1
             multi_use.update({call.name for call in calls})
         if record.instruction.strip():
-            key = " ".join(record.instruction.split()).casefold()
+            key = same_text_key(record.instruction)
             seen.setdefault(key, {}).setdefault(output, []).append(ref)
 
     report = Report(file, len(records), dict(sorted(single.items())), multi_records, dict(sorted(multi_use.items())))

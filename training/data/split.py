@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from training.data.compose import find_joiner
-from training.data.dataset import Record
+from training.data.dataset import Record, same_text_key
 
 
 class SplitError(ValueError):
@@ -58,8 +58,7 @@ def composed_units(records: Sequence[Record]) -> list[list[int]]:
     joiner = find_joiner(list(records))
     if joiner is None:
         return []
-    normalise = lambda text: " ".join(text.split()).casefold()  # noqa: E731
-    single = {normalise(r.instruction): i for i, r in enumerate(records) if len(r.calls()) == 1}
+    single = {same_text_key(r.instruction): i for i, r in enumerate(records) if len(r.calls()) == 1}
     parent = list(range(len(records)))
 
     def root(i: int) -> int:
@@ -70,7 +69,7 @@ def composed_units(records: Sequence[Record]) -> list[list[int]]:
 
     for i, record in enumerate(records):
         if len(record.calls()) > 1:
-            for part in normalise(record.instruction).split(normalise(joiner)):
+            for part in same_text_key(record.instruction).split(same_text_key(joiner)):
                 if part.strip() in single:
                     parent[root(single[part.strip()])] = root(i)
     units: dict[int, list[int]] = {}
