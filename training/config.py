@@ -24,15 +24,16 @@ PresetName = Literal["intent", "full", "lora", "qlora", "none"]
 DEFAULT_PRESET = "intent"
 
 # "intent" is this project's recipe for a few hundred to a few thousand intent records on a small
-# model, the winner of the study in bench/accuracy.md, and what `intentlm train` uses unless told
-# otherwise. "full", "lora" and "qlora" are the reference's "recommended hyperparameter
-# configurations" (Table 2): their global batch of 256 is per-device 16 x accumulation 16 on one
-# device, which `fit_batch_to_data` shrinks for small data sets, where 256 would leave a handful of
-# optimizer steps per epoch. "none" leaves every knob at its default (the reference's defaults).
+# model, the winner of the study in bench/accuracy.md (composed two-call records since §13: data
+# without multi-call records gets none), and what `intentlm train` uses unless told otherwise.
+# "full", "lora" and "qlora" are the reference's "recommended hyperparameter configurations"
+# (Table 2): their global batch of 256 is per-device 16 x accumulation 16 on one device, which
+# `fit_batch_to_data` shrinks for small data sets, where 256 would leave a handful of optimizer
+# steps per epoch. "none" leaves every knob at its default (the reference's defaults).
 PRESETS: dict[str, dict[str, Any]] = {
     "intent": {"learning_rate": 1e-4, "num_train_epochs": 3, "lora_dim": 0, "lora_alpha": 0,
                "load_in_4bit": False, "load_in_8bit": False, "seq_length": 128,
-               "per_device_train_batch_size": 16, "gradient_accumulation_steps": 1},
+               "per_device_train_batch_size": 16, "gradient_accumulation_steps": 1, "compose_multi_intent": 0.2},
     "full": {"learning_rate": 5e-5, "num_train_epochs": 3, "lora_dim": 0, "lora_alpha": 0,
              "load_in_4bit": False, "load_in_8bit": False, "seq_length": 256,
              "per_device_train_batch_size": 16, "gradient_accumulation_steps": 16},
