@@ -59,6 +59,7 @@ def composed_units(records: Sequence[Record]) -> list[list[int]]:
     if joiner is None:
         return []
     single = {same_text_key(r.instruction): i for i, r in enumerate(records) if len(r.calls()) == 1}
+    connective = same_text_key(joiner)
     parent = list(range(len(records)))
 
     def root(i: int) -> int:
@@ -69,7 +70,7 @@ def composed_units(records: Sequence[Record]) -> list[list[int]]:
 
     for i, record in enumerate(records):
         if len(record.calls()) > 1:
-            for part in same_text_key(record.instruction).split(same_text_key(joiner)):
+            for part in same_text_key(record.instruction).split(connective):
                 if part.strip() in single:
                     parent[root(single[part.strip()])] = root(i)
     units: dict[int, list[int]] = {}
