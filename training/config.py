@@ -80,6 +80,9 @@ class TrainConfig(BaseModel):
     compose_multi_intent: float = Field(
         0.0, ge=0, le=4, description="Add two-call records composed from single-call ones (joined as the data's "
         "own multi-call records are), as this share of the records; 0 = off (training/data/compose.py).")
+    retrieved_examples: int = Field(
+        0, ge=0, le=8, description="Show this many of the training records most like each request, with their "
+        "answers, in its prompt (kept in the model's examples.json; service/examples.py); 0 = off.")
     synthetic_oos: float = Field(
         0.0, ge=0, le=1, description="Add requests written by the base model on generic topics, answered oos(), "
         "as this share of the records; 0 = off (training/data/synthetic_oos.py).")

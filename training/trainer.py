@@ -27,13 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from service.examples import ExampleIndex, examples_of
 from service.intents import args_are_spans
 from service.modelcard import ARGS_FROM_TEXT_SHARE, DataInfo, ModelCard, atomic_directory, read_card, write_card
 from service.prompt import END_OF_TURN, build_prompt, build_target
 from service.scope import DEFAULT_OOS_LABEL, Vocabulary, build_vocabulary
 from service.typicality import IntentStatistics
 from training.config import TrainConfig, fit_batch_to_data
-from training.data.compose import compose_multi_intent
+from training.data.compose import compose_multi_intent, find_joiner
 from training.data.check import check_records
 from training.data.dataset import Record, file_sha256, load_dataset
 from training.data.synthetic_oos import synthetic_oos_records
@@ -71,6 +72,7 @@ class TrainPlan:
     output: Path
     batch_note: str | None
     intents: list[str]
+    index: ExampleIndex | None = None  # the records shown in prompts (``retrieved_examples``)
     composed: int = 0  # synthetic two-call records among the examples (``compose_multi_intent``)
     synthetic_oos: list[Record] = field(default_factory=list)  # generated oos() records among the examples
 
@@ -129,10 +131,11 @@ def end_of_turn(tokenizer: Any, config: TrainConfig) -> str:
     return END_OF_TURN if config.apply_chat_template else tokenizer.eos_token
 
 
-def tokenize(records: list[Record], tokenizer: Any, config: TrainConfig) -> tuple[list[Example], list[tuple[int | None, int]]]:
+def tokenize(records: list[Record], tokenizer: Any, config: TrainConfig,
+             index: ExampleIndex | None = None) -> tuple[list[Example], list[tuple[int | None, int]]]:
     """Prompt and answer are tokenized separately, exactly as the server tokenizes the prompt alone."""
     eot = end_of_turn(tokenizer, config)
-    prompt_ids = prompt_token_ids(records, tokenizer, config.system_prompt, config.apply_chat_template)
+    prompt_ids = prompt_token_ids(records, tokenizer, config.system_prompt, config.apply_chat_template, index)
     answer_ids = tokenizer([build_target(r.output, end_of_turn=eot) for r in records],
                            add_special_tokens=False)["input_ids"]
     examples, skipped = [], []
@@ -145,10 +148,10 @@ def tokenize(records: list[Record], tokenizer: Any, config: TrainConfig) -> tupl
 
 
 def prompt_token_ids(records: list[Record], tokenizer: Any, system_prompt: str,
-                     apply_chat_template: bool) -> list[list[int]]:
+                     apply_chat_template: bool, index: ExampleIndex | None = None) -> list[list[int]]:
     """The token ids of the records' prompts, as the server renders and tokenizes them."""
     prompts = [build_prompt(r.instruction, system_prompt=system_prompt, apply_chat_template=apply_chat_template,
-                            tokenizer=tokenizer) for r in records]
+                            tokenizer=tokenizer, examples=examples_of(index, r.instruction)) for r in records]
     return tokenizer(prompts, add_special_tokens=False)["input_ids"]
 
 
@@ -175,7 +178,9 @@ def plan_training(data: Path, output: Path, config: TrainConfig, explicit: set[s
     composed = compose_multi_intent(records, round(config.compose_multi_intent * len(records)), seed=config.seed)
     tokenizer = load_tokenizer(base_model)
     synthetic = synthetic_oos(records, config, base_model, tokenizer)
-    examples, skipped = tokenize(records + composed + synthetic, tokenizer, config)
+    index = ExampleIndex([(r.instruction, r.output) for r in records], config.retrieved_examples,
+                         find_joiner(records)) if config.retrieved_examples else None
+    examples, skipped = tokenize(records + composed + synthetic, tokenizer, config, index)
     if not examples:
         shortest = min(n for _, n in skipped)
         raise TrainError(f"seq_length {config.seq_length} is below the shortest record ({shortest} tokens "
@@ -183,7 +188,7 @@ def plan_training(data: Path, output: Path, config: TrainConfig, explicit: set[s
     batch_note = fit_batch_to_data(config, len(examples), explicit, world_size())
     intents = sorted({call.name for r in records + synthetic for call in r.calls()})
     return TrainPlan(config, data, records, examples, skipped, base_model, output, batch_note, intents,
-                     len(composed), synthetic)
+                     index, len(composed), synthetic)
 
 
 def synthetic_oos(records: list[Record], config: TrainConfig, base_model: Path, tokenizer: Any) -> list[Record]:
@@ -436,6 +441,8 @@ def train(plan: TrainPlan, *, resume: bool = False, tensorboard_dir: Path | None
     merged = merge_adapter(plan.base_model, adapter_dir) if config.is_lora else trainer.model
     with atomic_directory(plan.output) as tmp:
         save_model_dir(merged, plan.base_model, tmp)
+        if plan.index is not None:
+            plan.index.save(tmp)
         statistics = typicality_statistics(tmp, plan.records, card)
         if statistics is not None:
             statistics.save(tmp)
@@ -480,7 +487,8 @@ def typicality_statistics(model_dir: Path, records: list[Record], card: ModelCar
     if len(kept) < 2:
         log.warning("fewer than two in-scope records: the model gets no typicality statistics")
         return None
-    prompts = prompt_token_ids(kept, load_tokenizer(model_dir), card.system_prompt, card.apply_chat_template)
+    prompts = prompt_token_ids(kept, load_tokenizer(model_dir), card.system_prompt, card.apply_chat_template,
+                               ExampleIndex.load(model_dir))
     states = HiddenStates(model_dir)(prompts)
     return IntentStatistics.fit(states, [next(c.name for c in r.calls() if c.name != DEFAULT_OOS_LABEL)
                                          for r in kept])
@@ -535,8 +543,9 @@ def generate(model_dir: Path, instructions: list[str], card: ModelCard, *, batch
     tokenizer.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=compute_dtype(TrainConfig()))
     model.eval()
+    index = ExampleIndex.load(model_dir)
     prompts = [build_prompt(text, system_prompt=card.system_prompt, apply_chat_template=card.apply_chat_template,
-                            tokenizer=tokenizer) for text in instructions]
+                            tokenizer=tokenizer, examples=examples_of(index, text)) for text in instructions]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     answers: list[str] = [""] * len(prompts)
     with torch.inference_mode():

@@ -1,0 +1,114 @@
+"""Retrieved examples: the training records most like a request, with their answers, shown in its prompt.
+
+Why: most argument errors of a small model on intent data are boundary choices that the data's own
+annotators make one way here and another way there ("this room" is ``room`` in two HWU64 records and
+``this room`` in a third). With the nearest training utterances and their answers in the prompt, the
+model follows how requests like this one were labelled (bench/accuracy.md §15: +6 points of parameter
+accuracy on validation).
+
+A model trained with ``retrieved_examples k`` keeps its training records in ``examples.json``; training,
+evaluation and the server all ask :meth:`ExampleIndex.neighbours` for a request's examples, so every prompt
+is built the same way. Similarity is TF-IDF cosine over word unigrams and bigrams: a thousand records are
+scored in well under a millisecond, with no model of its own.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from service.modelcard import atomic_write_bytes
+
+EXAMPLES_FILE = "examples.json"
+_WORD = re.compile(r"[\w']+")
+
+Example = tuple[str, str]  # (instruction, answer)
+
+
+def _features(text: str) -> Counter[str]:
+    words = _WORD.findall(text.lower())
+    return Counter(words + [" ".join(pair) for pair in zip(words, words[1:])])
+
+
+def _key(text: str) -> str:
+    return " ".join(text.split()).casefold()
+
+
+class ExampleIndex:
+    """The training records of a model, searchable by similarity to a request.
+
+    ``joiner`` is the connective of the data's composed multi-intent records (training.data.compose):
+    a record never gets an example sharing a half with it, so that a training prompt is never easier
+    than a new request's (a new two-intent request shares no half with the training data).
+    """
+
+    def __init__(self, records: Sequence[Example], k: int, joiner: str | None = None) -> None:
+        if k < 1:
+            raise ValueError("an example index shows at least one example")
+        self.records, self.k, self.joiner = list(records), k, joiner
+        counts = [_features(text) for text, _ in self.records]
+        df = Counter(f for c in counts for f in c)
+        self._columns = {f: i for i, f in enumerate(df)}
+        self._idf = np.array([math.log(len(self.records) / df[f]) + 1 for f in self._columns])
+        self._matrix = np.stack([self._vector(c) for c in counts]) if counts else np.zeros((0, 0))
+        self._parts = [self._parts_of(text) for text, _ in self.records]
+
+    def _vector(self, counts: Counter[str]) -> np.ndarray:
+        vector = np.zeros(len(self._columns))
+        for feature, n in counts.items():
+            column = self._columns.get(feature)
+            if column is not None:
+                vector[column] = n
+        vector *= self._idf
+        norm = np.linalg.norm(vector)
+        return vector / norm if norm else vector
+
+    def _parts_of(self, text: str) -> set[str]:
+        """The text and, split at the data's connective, its halves (case and spacing ignored)."""
+        key = _key(text)
+        if not self.joiner:
+            return {key}
+        return {key} | {_key(part) for part in key.split(_key(self.joiner))}
+
+    def neighbours(self, text: str) -> list[Example]:
+        """The ``k`` most similar records, the most similar last (nearest the request).
+
+        Left out: the request itself, records containing it or contained in it, and records sharing a half
+        with it; ties keep the data's order."""
+        if not self.records:
+            return []
+        key, parts = _key(text), self._parts_of(text)
+        scores = self._matrix @ self._vector(_features(text))
+        chosen: list[Example] = []
+        for i in np.argsort(-scores, kind="stable"):
+            other = _key(self.records[i][0])
+            if other in key or key in other or parts & self._parts[i]:
+                continue
+            chosen.append(self.records[i])
+            if len(chosen) == self.k:
+                break
+        return chosen[::-1]
+
+    def save(self, model_dir: Path) -> None:
+        data = {"k": self.k, "joiner": self.joiner, "records": [{"instruction": t, "output": a} for t, a in self.records]}
+        atomic_write_bytes(model_dir / EXAMPLES_FILE, orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
+
+    @classmethod
+    def load(cls, model_dir: Path) -> ExampleIndex | None:
+        """The model's index; None for a model trained without retrieved examples."""
+        path = Path(model_dir) / EXAMPLES_FILE
+        if not path.is_file():
+            return None
+        data = orjson.loads(path.read_bytes())
+        return cls([(r["instruction"], r["output"]) for r in data["records"]], data["k"], data.get("joiner"))
+
+
+def examples_of(index: ExampleIndex | None, text: str) -> list[Example]:
+    """A request's examples: none for a model without an index."""
+    return index.neighbours(text) if index is not None else []
