@@ -1,91 +1,23 @@
-"""Study (bench/accuracy.md §15): the most similar training records, with their answers, in the prompt.
-
-Why: most parameter errors are argument-boundary choices that HWU64 annotates inconsistently ("this
-room" → `room` in two records, `this room` in a third). A model that sees how the nearest training
-utterances were labelled might follow their choice. This writes the data sets for that experiment; the
-product is unchanged unless it wins.
+"""The first study of retrieved examples (bench/accuracy.md §15), before `--retrieved_examples` existed.
 
     .venv/bin/python bench/retrieved_examples.py runs/split2/train.json runs/rag2 runs/split2/val.json --k 2
 
-Writes OUT/train.json and OUT/NAME for each further file (neighbours from the training file), whose
-instructions are
-
-    Similar requests:
-    <utterance> => <answer>        (k of them, most similar last)
-    Request: <utterance>
-
-Neighbours come from the training side only, by TF-IDF cosine over word unigrams and bigrams. A training
-record never gets itself, a record with the same text, a record whose text contains or is contained in
-its own, or a record sharing a half with it (split at the data's connective): the clean split's
-validation records share no half with training ones, so training prompts must not either.
+Writes OUT/train.json and OUT/NAME for each further file, whose instructions already hold their examples
+(service.examples.ExampleIndex over the training file, rendered by service.prompt.with_examples), so that a
+plain `intentlm train` / `intentlm eval` trains and scores prompts with examples. `--retrieved_examples k`
+does the same inside the product, with one difference: the argument spans that constrained decoding allows
+come from the request alone, not from the examples too.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
-import re
-from collections import Counter
 from pathlib import Path
 
-import numpy as np
-
+from service.examples import ExampleIndex
+from service.prompt import with_examples
 from training.data.compose import find_joiner
-from training.data.dataset import Record, load_dataset, same_text_key, save_dataset
-
-_WORD = re.compile(r"[\w']+")
-
-
-def _features(text: str) -> Counter[str]:
-    words = _WORD.findall(text.lower())
-    return Counter(words + [" ".join(pair) for pair in zip(words, words[1:])])
-
-
-class Index:
-    """TF-IDF vectors of the training instructions (L2-normalised, so a dot product is the cosine)."""
-
-    def __init__(self, records: list[Record]) -> None:
-        self.records = records
-        self.joiner = find_joiner(records)
-        counts = [_features(r.instruction) for r in records]
-        df = Counter(f for c in counts for f in c)
-        self.vocabulary = {f: i for i, f in enumerate(df)}
-        self.idf = np.array([math.log(len(records) / df[f]) + 1 for f in self.vocabulary])
-        self.matrix = np.stack([self._vector(c) for c in counts])
-
-    def _vector(self, counts: Counter[str]) -> np.ndarray:
-        vector = np.zeros(len(self.vocabulary))
-        for feature, n in counts.items():
-            if feature in self.vocabulary:
-                vector[self.vocabulary[feature]] = n
-        vector *= self.idf
-        norm = np.linalg.norm(vector)
-        return vector / norm if norm else vector
-
-    def _parts(self, text: str) -> set[str]:
-        """The text and, split at the data's connective, its halves (as same_text_key keys)."""
-        key = same_text_key(text)
-        joiner = same_text_key(self.joiner) if self.joiner else None
-        return {key} | ({same_text_key(p) for p in key.split(joiner)} if joiner else set())
-
-    def neighbours(self, text: str, k: int) -> list[Record]:
-        key, parts = same_text_key(text), self._parts(text)
-        scores = self.matrix @ self._vector(_features(text))
-        chosen: list[Record] = []
-        for i in np.argsort(-scores, kind="stable"):
-            other = same_text_key(self.records[i].instruction)
-            if other in key or key in other or parts & self._parts(other):
-                continue
-            chosen.append(self.records[i])
-            if len(chosen) == k:
-                break
-        return chosen[::-1]
-
-
-def with_examples(record: Record, index: Index, k: int) -> Record:
-    lines = [f"{r.instruction} => {r.output}" for r in index.neighbours(record.instruction, k)]
-    prompt = "Similar requests:\n" + "\n".join(lines) + f"\nRequest: {record.instruction}"
-    return Record(instruction=prompt, output=record.output)
+from training.data.dataset import Record, load_dataset, save_dataset
 
 
 def main() -> None:
@@ -96,11 +28,12 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=2)
     args = parser.parse_args()
     train = load_dataset(args.train)
-    index = Index(train)
+    index = ExampleIndex([(r.instruction, r.output) for r in train], args.k, find_joiner(train))
     args.out.mkdir(parents=True, exist_ok=True)
     for source, name in [(args.train, "train.json"), *((p, p.name) for p in args.others)]:
         records = train if source == args.train else load_dataset(source)
-        save_dataset(args.out / name, [with_examples(r, index, args.k) for r in records])
+        save_dataset(args.out / name, [Record(with_examples(r.instruction, index.neighbours(r.instruction)), r.output)
+                                       for r in records])
         print(f"wrote {args.out / name} ({len(records)} records)")
 
 
