@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,47 +27,27 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from service.examples import EXAMPLES_FILE, ExampleIndex  # noqa: E402
+from tests.conftest import start_server  # noqa: E402
 
 DATA = Path(os.environ.get("INTENTLM_DATA_DIR", REPO.parent / "shared" / "data"))
 WARMUP = 5
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def serve_and_time(model: Path, texts: list[str], log: Path) -> tuple[list[float], float]:
+def serve_and_time(model: Path, texts: list[str], log_dir: Path) -> tuple[list[float], float]:
     """Latencies (ms) of sequential requests, and the mean prompt length the server counted."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with log.open("wb") as out:
-        server = subprocess.Popen([str(REPO / ".venv/bin/intentlm"), "serve", "--model", str(model), "--port", str(port)],
-                                  stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+    server = start_server(model, log_dir, token=None)  # the tests' launcher: a free port, waits until ready
     try:
-        deadline = time.monotonic() + 600
-        while True:
-            if server.poll() is not None or time.monotonic() > deadline:
-                sys.exit(f"server did not start: {log}")
-            try:
-                if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
         with httpx.Client(timeout=60) as client:
             for text in texts[:WARMUP]:
-                client.post(f"{url}/v1/intents", json={"text": text}).raise_for_status()
+                client.post(f"{server.url}/v1/intents", json={"text": text}).raise_for_status()
             latencies = []
             for text in texts:
                 started = time.perf_counter()
-                client.post(f"{url}/v1/intents", json={"text": text}).raise_for_status()
+                client.post(f"{server.url}/v1/intents", json={"text": text}).raise_for_status()
                 latencies.append((time.perf_counter() - started) * 1000)
-            scraped = client.get(f"{url}/metrics").text
+            scraped = client.get(f"{server.url}/metrics").text
     finally:
-        server.terminate()
-        server.wait(60)
+        server.stop()
     prompt_tokens = next(float(line.split()[-1]) for line in scraped.splitlines()
                          if line.startswith('intentlm_prompt_tokens_total{route="/v1/intents"}'))
     return latencies, prompt_tokens / (len(texts) + WARMUP)
@@ -101,7 +79,7 @@ def main() -> None:
             if item.name != EXAMPLES_FILE:
                 (plain / item.name).symlink_to(item)
         for name, model in (("with examples", args.model), ("without (same weights)", plain)):
-            latencies, prompt = serve_and_time(model, texts, Path(work) / f"{len(rows)}.log")
+            latencies, prompt = serve_and_time(model, texts, Path(work))
             rows.append((name, prompt, statistics.median(latencies), percentile(latencies, 0.99)))
     print(f"retrieval alone: {retrieval_ms:.2f} ms per request ({len(index.records)} records, k = {index.k})\n")
     print("| prompt | prompt tokens (mean) | p50 ms | p99 ms |\n|---|---|---|---|")
