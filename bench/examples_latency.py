@@ -62,6 +62,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", type=Path)
     parser.add_argument("--requests", type=int, default=100)
+    parser.add_argument("--retrieval-only", action="store_true", help="time the retrieval alone, start no server")
     args = parser.parse_args()
     index = ExampleIndex.load(args.model)
     if index is None:
@@ -71,6 +72,9 @@ def main() -> None:
     for text in texts:
         index.neighbours(text)
     retrieval_ms = (time.perf_counter() - started) * 1000 / len(texts)
+    print(f"retrieval alone: {retrieval_ms:.2f} ms per request ({len(index.records)} records, k = {index.k})\n")
+    if args.retrieval_only:
+        return
     rows = []
     with tempfile.TemporaryDirectory() as work:
         plain = Path(work) / "plain"
@@ -81,7 +85,6 @@ def main() -> None:
         for name, model in (("with examples", args.model), ("without (same weights)", plain)):
             latencies, prompt = serve_and_time(model, texts, Path(work))
             rows.append((name, prompt, statistics.median(latencies), percentile(latencies, 0.99)))
-    print(f"retrieval alone: {retrieval_ms:.2f} ms per request ({len(index.records)} records, k = {index.k})\n")
     print("| prompt | prompt tokens (mean) | p50 ms | p99 ms |\n|---|---|---|---|")
     for name, prompt, p50, p99 in rows:
         print(f"| {name} | {prompt:.0f} | {p50:.0f} | {p99:.0f} |")

@@ -55,20 +55,22 @@ class ExampleIndex:
         self.records, self.k, self.joiner = list(records), k, joiner
         counts = [_features(text) for text, _ in self.records]
         df = Counter(f for c in counts for f in c)
-        self._columns = {f: i for i, f in enumerate(df)}
-        self._idf = np.array([math.log(len(self.records) / df[f]) + 1 for f in self._columns])
-        self._matrix = np.stack([self._vector(c) for c in counts]) if counts else np.zeros((0, 0))
+        self._idf = {f: math.log(len(self.records) / n) + 1 for f, n in df.items()}
+        # an inverted index (feature -> records, weights): memory grows with the data, not data x vocabulary
+        postings: dict[str, tuple[list[int], list[float]]] = {}
+        for i, c in enumerate(counts):
+            for feature, weight in self._weights(c).items():
+                rows, weights = postings.setdefault(feature, ([], []))
+                rows.append(i)
+                weights.append(weight)
+        self._postings = {f: (np.array(rows), np.array(weights)) for f, (rows, weights) in postings.items()}
         self._parts = [self._parts_of(text) for text, _ in self.records]
 
-    def _vector(self, counts: Counter[str]) -> np.ndarray:
-        vector = np.zeros(len(self._columns))
-        for feature, n in counts.items():
-            column = self._columns.get(feature)
-            if column is not None:
-                vector[column] = n
-        vector *= self._idf
-        norm = np.linalg.norm(vector)
-        return vector / norm if norm else vector
+    def _weights(self, counts: Counter[str]) -> dict[str, float]:
+        """The L2-normalised TF-IDF weights of the known features (a dot product of two is their cosine)."""
+        weights = {f: n * self._idf[f] for f, n in counts.items() if f in self._idf}
+        norm = math.sqrt(sum(w * w for w in weights.values()))
+        return {f: w / norm for f, w in weights.items()} if norm else {}
 
     def _parts_of(self, text: str) -> set[str]:
         """The text and, split at the data's connective, its halves (case and spacing ignored)."""
@@ -85,7 +87,10 @@ class ExampleIndex:
         if not self.records:
             return []
         key, parts = _key(text), self._parts_of(text)
-        scores = self._matrix @ self._vector(_features(text))
+        scores = np.zeros(len(self.records))
+        for feature, weight in self._weights(_features(text)).items():
+            rows, weights = self._postings[feature]
+            scores[rows] += weight * weights
         chosen: list[Example] = []
         for i in np.argsort(-scores, kind="stable"):
             other = _key(self.records[i][0])
