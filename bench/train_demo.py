@@ -7,8 +7,8 @@
     .venv/bin/python bench/train_demo.py --adopt              # 2. keep what scope and calibrate wrote
     intentlm model prepare                                   #    serve it
 
-Step 1 writes training/demo/: the LoRA adapter in bf16 (half the size of PEFT's fp32 file), its config, and
-the run's intentlm.json. The typicality statistics and the calibration are computed on the prepared demo,
+Step 1 writes training/demo/: the LoRA adapter in bf16 (half the size of PEFT's fp32 file), its config,
+the run's intentlm.json and, for a run with retrieved examples, its examples.json. The typicality statistics and the calibration are computed on the prepared demo,
 not taken from the run: the server serves the adapter merged onto the prepared base in bf16, whose hidden
 states differ slightly from the training process's merged model. Step 2 copies the prepared demo's card and
 `typicality.npz` back into training/demo/. The test figures are measured afterwards, once, with
@@ -23,6 +23,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from service.examples import EXAMPLES_FILE
 from service.modelcard import ModelCard, demo_model_dir, read_card, write_card
 from service.typicality import STATS_FILE
 from training.basemodel import DEMO_DIR
@@ -50,6 +51,9 @@ def export_run(model_dir: Path) -> None:
     export_adapter(model_dir / "adapter", DEMO_DIR)
     write_card(DEMO_DIR, card)
     (DEMO_DIR / STATS_FILE).unlink(missing_ok=True)  # the previous adapter's: step 2 brings this one's
+    (DEMO_DIR / EXAMPLES_FILE).unlink(missing_ok=True)
+    if (model_dir / EXAMPLES_FILE).is_file():  # trained with --retrieved_examples: its prompts need them
+        shutil.copyfile(model_dir / EXAMPLES_FILE, DEMO_DIR / EXAMPLES_FILE)
     print(f"wrote {DEMO_DIR}")
 
 

@@ -1,7 +1,8 @@
 """`intentlm train` through the real command: tiny LoRA and full runs, bad input, a SIGKILL, --resume.
 
-The runs are tiny (16 records, a few optimizer steps, seq_length 64) so the file stays fast; the
-model directories they produce are loaded by vLLM through `intentlm eval` (the real engine).
+The runs are tiny (16 records, a few optimizer steps, seq_length 64; 128 for the LoRA run, whose prompts
+show a retrieved example) so the file stays fast; the model directories they produce are loaded by vLLM
+through `intentlm eval` (the real engine), and the LoRA one by `intentlm serve`.
 """
 
 from __future__ import annotations
