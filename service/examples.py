@@ -37,8 +37,16 @@ def _features(text: str) -> Counter[str]:
     return Counter(words + [" ".join(pair) for pair in zip(words, words[1:])])
 
 
-def _key(text: str) -> str:
+def same_text_key(text: str) -> str:
+    """``text`` ignoring case and runs of whitespace: how instructions are compared, here and by the data's
+    strategy check (training.data.check) and split (training.data.split)."""
     return " ".join(text.split()).casefold()
+
+
+def halves(key: str, connective: str) -> list[str]:
+    """The parts of a text key split at the data's connective (both as ``same_text_key`` keys): the halves of a
+    multi-intent instruction composed from two single-intent ones (training.data.compose.find_joiner)."""
+    return [part.strip() for part in key.split(connective)]
 
 
 class ExampleIndex:
@@ -53,6 +61,7 @@ class ExampleIndex:
         if k < 1:
             raise ValueError("an example index shows at least one example")
         self.records, self.k, self.joiner = list(records), k, joiner
+        self._connective = same_text_key(joiner) if joiner else None
         counts = [_features(text) for text, _ in self.records]
         df = Counter(f for c in counts for f in c)
         self._idf = {f: math.log(len(self.records) / n) + 1 for f, n in df.items()}
@@ -74,10 +83,8 @@ class ExampleIndex:
 
     def _parts_of(self, text: str) -> set[str]:
         """The text and, split at the data's connective, its halves (case and spacing ignored)."""
-        key = _key(text)
-        if not self.joiner:
-            return {key}
-        return {key} | {_key(part) for part in key.split(_key(self.joiner))}
+        key = same_text_key(text)
+        return {key} | set(halves(key, self._connective)) if self._connective else {key}
 
     def neighbours(self, text: str) -> list[Example]:
         """The ``k`` most similar records, the most similar last (nearest the request).
@@ -86,14 +93,14 @@ class ExampleIndex:
         with it; ties keep the data's order."""
         if not self.records:
             return []
-        key, parts = _key(text), self._parts_of(text)
+        key, parts = same_text_key(text), self._parts_of(text)
         scores = np.zeros(len(self.records))
         for feature, weight in self._weights(_features(text)).items():
             rows, weights = self._postings[feature]
             scores[rows] += weight * weights
         chosen: list[Example] = []
         for i in np.argsort(-scores, kind="stable"):
-            other = _key(self.records[i][0])
+            other = same_text_key(self.records[i][0])
             if other in key or key in other or parts & self._parts[i]:
                 continue
             chosen.append(self.records[i])

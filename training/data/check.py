@@ -33,8 +33,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from service.examples import same_text_key
 from service.intents import IntentParseError, format_calls, parse
-from training.data.dataset import Record, same_text_key
+from training.data.dataset import Record
 
 Severity = Literal["error", "warning", "info"]
 

@@ -87,12 +87,6 @@ def load_dataset(
     return records
 
 
-def same_text_key(text: str) -> str:
-    """``text`` ignoring case and runs of whitespace: how the strategy check finds repeated instructions and the
-    split finds the halves of composed records."""
-    return " ".join(text.split()).casefold()
-
-
 def save_dataset(path: str | os.PathLike[str], records: Iterable[Record | dict[str, Any]]) -> None:
     """Write a dataset atomically, in the reference's layout (indented, non-ASCII kept readable)."""
     items = [r.to_json() if isinstance(r, Record) else r for r in records]

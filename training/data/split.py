@@ -32,8 +32,9 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from service.examples import halves, same_text_key
 from training.data.compose import find_joiner
-from training.data.dataset import Record, same_text_key
+from training.data.dataset import Record
 
 
 class SplitError(ValueError):
@@ -70,9 +71,9 @@ def composed_units(records: Sequence[Record]) -> list[list[int]]:
 
     for i, record in enumerate(records):
         if len(record.calls()) > 1:
-            for part in same_text_key(record.instruction).split(connective):
-                if part.strip() in single:
-                    parent[root(single[part.strip()])] = root(i)
+            for part in halves(same_text_key(record.instruction), connective):
+                if part in single:
+                    parent[root(single[part])] = root(i)
     units: dict[int, list[int]] = {}
     for i in range(len(records)):
         units.setdefault(root(i), []).append(i)
