@@ -73,7 +73,8 @@ class ExampleIndex:
                 rows.append(i)
                 weights.append(weight)
         self._postings = {f: (np.array(rows), np.array(weights)) for f, (rows, weights) in postings.items()}
-        self._parts = [self._parts_of(text) for text, _ in self.records]
+        self._keys = [same_text_key(text) for text, _ in self.records]
+        self._parts = [self._parts_of(key) for key in self._keys]
 
     def _weights(self, counts: Counter[str]) -> dict[str, float]:
         """The L2-normalised TF-IDF weights of the known features (a dot product of two is their cosine)."""
@@ -81,9 +82,8 @@ class ExampleIndex:
         norm = math.sqrt(sum(w * w for w in weights.values()))
         return {f: w / norm for f, w in weights.items()} if norm else {}
 
-    def _parts_of(self, text: str) -> set[str]:
-        """The text and, split at the data's connective, its halves (case and spacing ignored)."""
-        key = same_text_key(text)
+    def _parts_of(self, key: str) -> set[str]:
+        """A text key and, split at the data's connective, its halves."""
         return {key} | set(halves(key, self._connective)) if self._connective else {key}
 
     def neighbours(self, text: str) -> list[Example]:
@@ -93,14 +93,15 @@ class ExampleIndex:
         with it; ties keep the data's order."""
         if not self.records:
             return []
-        key, parts = same_text_key(text), self._parts_of(text)
+        key = same_text_key(text)
+        parts = self._parts_of(key)
         scores = np.zeros(len(self.records))
         for feature, weight in self._weights(_features(text)).items():
             rows, weights = self._postings[feature]
             scores[rows] += weight * weights
         chosen: list[Example] = []
         for i in np.argsort(-scores, kind="stable"):
-            other = same_text_key(self.records[i][0])
+            other = self._keys[i]
             if other in key or key in other or parts & self._parts[i]:
                 continue
             chosen.append(self.records[i])
