@@ -8,9 +8,10 @@
     intentlm model prepare                                   #    serve it
 
 Step 1 writes training/demo/: the LoRA adapter in bf16 (half the size of PEFT's fp32 file), its config,
-the run's intentlm.json and, for a run with retrieved examples, its examples.json. The typicality statistics and the calibration are computed on the prepared demo,
-not taken from the run: the server serves the adapter merged onto the prepared base in bf16, whose hidden
-states differ slightly from the training process's merged model. Step 2 copies the prepared demo's card and
+the run's intentlm.json and, for a run with retrieved examples, its examples.json. The typicality
+statistics and the calibration are computed on the prepared demo, not taken from the run: the server serves
+the adapter merged onto the prepared base in bf16, whose hidden states differ slightly from the training
+process's merged model. Step 2 copies the prepared demo's card and
 `typicality.npz` back into training/demo/. The test figures are measured afterwards, once, with
 `intentlm eval` on the prepared demo (as it is served).
 """
