@@ -72,7 +72,9 @@ def main() -> None:
     for text in texts:
         index.neighbours(text)
     retrieval_ms = (time.perf_counter() - started) * 1000 / len(texts)
-    print(f"retrieval alone: {retrieval_ms:.2f} ms per request ({len(index.records)} records, k = {index.k})\n")
+    postings_mib = sum(rows.nbytes + weights.nbytes for rows, weights in index._postings.values()) / 2**20
+    print(f"retrieval alone: {retrieval_ms:.2f} ms per request ({len(index.records)} records, k = {index.k}); "
+          f"the index's postings: {postings_mib:.2f} MiB\n")
     if args.retrieval_only:
         return
     rows = []
