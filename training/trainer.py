@@ -155,6 +155,11 @@ def prompt_token_ids(records: list[Record], tokenizer: Any, system_prompt: str,
     return tokenizer(prompts, add_special_tokens=False)["input_ids"]
 
 
+def example_index(records: list[Record], k: int) -> ExampleIndex | None:
+    """The index a model trained on ``records`` with ``retrieved_examples k`` shows examples from (None for 0)."""
+    return ExampleIndex([(r.instruction, r.output) for r in records], k, find_joiner(records)) if k else None
+
+
 def plan_training(data: Path, output: Path, config: TrainConfig, explicit: set[str], base_model: Path,
                   *, resume: bool = False) -> TrainPlan:
     """Check every input and tokenize the data; raises TrainError/DatasetError before any training.
@@ -178,8 +183,7 @@ def plan_training(data: Path, output: Path, config: TrainConfig, explicit: set[s
     composed = compose_multi_intent(records, round(config.compose_multi_intent * len(records)), seed=config.seed)
     tokenizer = load_tokenizer(base_model)
     synthetic = synthetic_oos(records, config, base_model, tokenizer)
-    index = ExampleIndex([(r.instruction, r.output) for r in records], config.retrieved_examples,
-                         find_joiner(records)) if config.retrieved_examples else None
+    index = example_index(records, config.retrieved_examples)
     examples, skipped = tokenize(records + composed + synthetic, tokenizer, config, index)
     if not examples:
         shortest = min(n for _, n in skipped)

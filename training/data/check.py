@@ -20,7 +20,7 @@ The reference's strategy, and what each finding is:
 * Outputs not in canonical form (``weather_search (Hangzhou)``): a warning, since constrained
   decoding emits canonical text and the model should be trained on what it will be asked to write.
 * Token lengths of prompt + answer (the prompt the model is trained and served with, DESIGN §3):
-  records longer than ``seq_length`` are truncated in training (a warning); the recommended
+  records longer than ``seq_length`` are left out of training (a warning); the recommended
   ``seq_length`` is the next power of two above the longest record, as the reference advises.
 """
 
@@ -216,26 +216,28 @@ def check_records(records: list[Record], *, file: str = "") -> Report:
     return report
 
 
-def measure_tokens(records: list[Record], tokenizer_dir: str | os.PathLike[str], seq_length: int) -> TokenStats:
-    """Token lengths of prompt + answer with the model's own prompt (system prompt, chat template).
+def measure_tokens(records: list[Record], tokenizer_dir: str | os.PathLike[str], seq_length: int,
+                   retrieved_examples: int = 0) -> TokenStats:
+    """Token lengths of prompt + answer with the model's own prompt (system prompt, chat template), and with
+    ``retrieved_examples`` examples in each prompt, as training builds them.
 
     Imports transformers, so only runs when asked or when a tokenizer is available.
     """
     from transformers import AutoTokenizer
 
     from service.modelcard import read_card
-    from service.prompt import DEFAULT_SYSTEM_PROMPT, END_OF_TURN, build_prompt, build_target
+    from service.prompt import DEFAULT_SYSTEM_PROMPT, END_OF_TURN, build_target
+    from training.trainer import example_index, prompt_token_ids
 
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     card = read_card(tokenizer_dir)
     system_prompt = card.system_prompt if card else DEFAULT_SYSTEM_PROMPT
     chat = card.apply_chat_template if card else True
-    prompts = [build_prompt(r.instruction, system_prompt=system_prompt, apply_chat_template=chat,
-                            tokenizer=tokenizer) for r in records]
     end_of_turn = END_OF_TURN if chat else tokenizer.eos_token or ""
     targets = [build_target(r.output, end_of_turn=end_of_turn) for r in records]
     # Prompt and answer are tokenized apart, as a trainer that masks the prompt's loss does.
-    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    prompt_ids = prompt_token_ids(records, tokenizer, system_prompt, chat,
+                                  example_index(records, retrieved_examples))
     target_ids = tokenizer(targets, add_special_tokens=False)["input_ids"]
     lengths = sorted(len(p) + len(t) for p, t in zip(prompt_ids, target_ids))
     return TokenStats(
@@ -256,7 +258,8 @@ def token_issues(stats: TokenStats) -> list[Issue]:
         return [Issue(
             "warning", "over-seq-length",
             f"{stats.over_seq_length} records are longer than seq_length {stats.seq_length} (longest"
-            f" {stats.max} tokens) and would be truncated; use seq_length {stats.recommended_seq_length}",
+            f" {stats.max} tokens) and would be left out of training;"
+            f" use seq_length {stats.recommended_seq_length}",
         )]
     if stats.recommended_seq_length < stats.seq_length:
         return [Issue(

@@ -33,8 +33,12 @@ def data() -> None:
 @click.option("--tokenizer", "tokenizer_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               default=None, help="Model directory whose tokenizer and prompt measure token lengths "
               "(default: the prepared base model, if any).")
+@click.option("--retrieved-examples", type=click.IntRange(min=0), default=0, metavar="K",
+              help="Measure prompts with K retrieved examples each, as `intentlm train --retrieved_examples K` "
+              "builds them (default 0).")
 @click.option("--no-tokens", is_flag=True, help="Skip the token-length measurement (fast on huge files).")
-def check(file: Path, as_json: bool, seq_length: int | None, tokenizer_dir: Path | None, no_tokens: bool) -> None:
+def check(file: Path, as_json: bool, seq_length: int | None, tokenizer_dir: Path | None, retrieved_examples: int,
+          no_tokens: bool) -> None:
     """Lint FILE against the data-preparation strategy. Exit 1 on errors, 0 with warnings only."""
     from service.modelcard import base_model_dir
     from training.data.check import (DEFAULT_SEQ_LENGTH, Issue, check_records, format_report,
@@ -45,7 +49,7 @@ def check(file: Path, as_json: bool, seq_length: int | None, tokenizer_dir: Path
     if tokenizer_dir is None and not no_tokens and (base_model_dir() / "tokenizer_config.json").exists():
         tokenizer_dir = base_model_dir()
     if records and tokenizer_dir is not None and not no_tokens:
-        report.tokens = measure_tokens(records, tokenizer_dir, seq_length or DEFAULT_SEQ_LENGTH)
+        report.tokens = measure_tokens(records, tokenizer_dir, seq_length or DEFAULT_SEQ_LENGTH, retrieved_examples)
         report.issues += token_issues(report.tokens)
     elif not no_tokens:
         report.issues.append(Issue("info", "no-tokenizer", "token lengths not measured: pass --tokenizer DIR"
