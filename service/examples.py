@@ -1,11 +1,11 @@
 """Retrieved examples: the training records most like a request, with their answers, shown in its prompt.
 
-Why: most argument errors of a small model on intent data are boundary choices that the data's own
-annotators make one way here and another way there ("this room" is ``room`` in two HWU64 records and
-``this room`` in a third). With the nearest training utterances and their answers in the prompt, the
-model follows how requests like this one were labelled (bench/accuracy.md §15: +5 to +7 points of parameter
-accuracy on validation; but an out-of-scope request's prompt then holds in-scope ones, and the typicality score
-found fewer unseen intents, so the option is off by default).
+Why: most argument errors of a small model on intent data are choices of which words make an argument, for
+phrases the training data labels rarely (bench/accuracy.md §17). With the nearest training utterances and their
+answers in the prompt, the model follows how requests like this one were labelled (bench/accuracy.md §15: +5 to
++7 points of parameter accuracy on validation without composed records, +1 on average with them; but the model
+also copies their intents, and an out-of-scope request's prompt then holds in-scope ones, so the typicality score
+found fewer unseen intents: the option is off by default).
 
 A model trained with ``retrieved_examples k`` keeps its training records in ``examples.json``; training,
 evaluation and the server all ask :meth:`ExampleIndex.neighbours` for a request's examples, so every prompt
