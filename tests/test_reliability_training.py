@@ -82,3 +82,22 @@ def test_sigkill_at_random_points_never_breaks_the_previous_model(smarthome_mode
         for leftover in [tmp_path / "model.checkpoints", *tmp_path.glob(".model.tmp-*")]:  # harmless; cleared so
             shutil.rmtree(leftover, ignore_errors=True)  # that the next round's phase markers are its own
     print("\nkill outcomes:", outcomes)
+
+
+def test_resume_skips_a_checkpoint_cut_off_mid_save(tmp_path: Path) -> None:
+    """A kill while transformers writes a checkpoint leaves it without its trainer state (written last), or with
+    a torn one: --resume takes the newest complete checkpoint before it (a flake of test_train.py's kill test
+    found that transformers' own choice, the newest directory, cannot be resumed from)."""
+    from training.trainer import last_checkpoint
+
+    assert last_checkpoint(tmp_path / "missing") is None
+    for step, state in ((2, '{"global_step": 2}'), (4, None), (6, '{"global_st'), (10, '{"global_step": 10}')):
+        checkpoint = tmp_path / f"checkpoint-{step}"
+        checkpoint.mkdir()
+        (checkpoint / "model.safetensors").write_bytes(b"")
+        if state is not None:
+            (checkpoint / "trainer_state.json").write_text(state)
+    assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")  # numeric order, not "10" < "2"
+    shutil.rmtree(tmp_path / "checkpoint-10")
+    (tmp_path / "checkpoint-final").mkdir()
+    assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")

@@ -172,7 +172,7 @@ def plan_training(data: Path, output: Path, config: TrainConfig, explicit: set[s
         raise TrainError(f"base model {base_model} not found (no config.json): run `intentlm model prepare` "
                          "or pass --base-model DIR")
     if resume and last_checkpoint(checkpoints_dir(output)) is None:
-        raise TrainError(f"--resume: no checkpoint in {checkpoints_dir(output)}")
+        raise TrainError(f"--resume: no complete checkpoint in {checkpoints_dir(output)}")
     if config.quantization:
         check_quantization_backend()
     records = load_dataset(data)
@@ -220,11 +220,22 @@ def check_quantization_backend() -> None:
 
 
 def last_checkpoint(directory: Path) -> str | None:
-    if not directory.is_dir():
-        return None
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest complete checkpoint in ``directory``, to resume from.
 
-    return get_last_checkpoint(str(directory))
+    transformers writes a checkpoint's ``trainer_state.json`` last, so a checkpoint without a readable one
+    was cut off mid-save (a kill during the write) and cannot be resumed from; the one before it can.
+    (transformers' own ``get_last_checkpoint`` takes the newest directory, complete or not.)"""
+    complete = [path for path in directory.glob("checkpoint-*")
+                if path.name.removeprefix("checkpoint-").isdigit() and _readable_json(path / "trainer_state.json")]
+    return str(max(complete, key=lambda path: int(path.name.removeprefix("checkpoint-")))) if complete else None
+
+
+def _readable_json(path: Path) -> bool:
+    try:
+        json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def compute_dtype(config: TrainConfig) -> Any:
