@@ -33,7 +33,7 @@ def main() -> None:
     from vllm.inputs import TokensPrompt
     from vllm.sampling_params import StructuredOutputsParams
 
-    from bench.split_figures import by_call_count
+    from split_figures import split_figures
     from eval.runner import load_llm, model_card
     from service.examples import ExampleIndex, examples_of
     from service.intents import decoding_regex
@@ -65,10 +65,7 @@ def main() -> None:
     best = [max([g, *s])[1] for g, s in zip(greedy, sampled)]
     golds = [r.output for r in records]
     for name, answers in (("greedy", [g[1] for g in greedy]), (f"best of greedy + {args.samples} samples", best)):
-        figures = {part: {"records": n, "intent": round(100 * m.reference.intent_accuracy, 1),
-                          "param": round(100 * m.reference.parameter_accuracy, 1), "exact": round(100 * m.exact_match, 1)}
-                   for part, (n, m) in by_call_count(golds, answers).items()}
-        print(name, json.dumps(figures))
+        print(name, json.dumps(split_figures(golds, answers)))
     diverse = sum(any(answer != g[1] for _, answer in s) for g, s in zip(greedy, sampled))
     changed = sum(b != g[1] for b, g in zip(best, greedy))
     print(f"{diverse} of {len(records)} records sampled an answer other than greedy's;"

@@ -28,11 +28,16 @@ def by_call_count(golds: list[str], answers: list[str]) -> dict[str, tuple[int, 
     return out
 
 
-def figures(report: Path) -> dict[str, dict[str, float]]:
-    rows = [json.loads(line) for line in (report / "predictions.jsonl").read_text().splitlines()]
+def split_figures(golds: list[str], answers: list[str]) -> dict[str, dict[str, float]]:
+    """The accuracy.md tables' figures (percent) of the single-call and the multi-call records."""
     return {part: {"records": n, "intent": round(100 * m.reference.intent_accuracy, 1),
                    "param": round(100 * m.reference.parameter_accuracy, 1), "exact": round(100 * m.exact_match, 1)}
-            for part, (n, m) in by_call_count([r["gold"] for r in rows], [r["raw"] for r in rows]).items()}
+            for part, (n, m) in by_call_count(golds, answers).items()}
+
+
+def figures(report: Path) -> dict[str, dict[str, float]]:
+    rows = [json.loads(line) for line in (report / "predictions.jsonl").read_text().splitlines()]
+    return split_figures([r["gold"] for r in rows], [r["raw"] for r in rows])
 
 
 if __name__ == "__main__":
