@@ -182,7 +182,7 @@ def test_dry_run_reports_without_training(tiny_data: Path, base_model: Path, tmp
     (["--bogus_knob", "1"], "unknown knob --bogus_knob; valid knobs: learning_rate"),
     (["--seq_length", "16"], "seq_length 16 is below the shortest record"),
     (["--base-model", "/nonexistent"], "intentlm model prepare"),
-    (["--resume"], "no checkpoint"),
+    (["--resume"], "no complete checkpoint"),
     (["--config", "/nonexistent.yaml"], "no such config file"),
 ])
 def test_bad_input_fails_before_compute(extra: list[str], message: str, tiny_data: Path, base_model: Path,
