@@ -25,8 +25,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from service.examples import same_text_key  # noqa: E402
-from service.intents import parse  # noqa: E402
+from service.examples import halves, same_text_key  # noqa: E402
+from service.intents import parse, text_spans  # noqa: E402
 from training.data.compose import find_joiner  # noqa: E402
 from training.data.dataset import load_dataset  # noqa: E402
 
@@ -44,7 +44,7 @@ def single_calls(path: Path) -> list[Labelled]:
     for record in records:
         calls = parse(record.output)
         parts = [same_text_key(record.instruction)] if len(calls) == 1 else (
-            [p.strip() for p in same_text_key(record.instruction).split(joiner)] if joiner else [])
+            halves(same_text_key(record.instruction), same_text_key(joiner)) if joiner else [])
         if len(parts) == len(calls):
             out += [(part, call.name, frozenset(call.args)) for part, call in zip(parts, calls)]
     return out
@@ -53,9 +53,8 @@ def single_calls(path: Path) -> list[Labelled]:
 def phrases(text: str, args: frozenset[str]) -> set[str]:
     """The word spans of ``text`` that are not inside a longer argument of ``args``: a span inside one is
     part of another phrase's label ("vacuum" in ``robot vacuum cleaner``), not a vote on its own."""
-    words = text.split()
-    spans = {" ".join(words[i:j]) for i in range(len(words)) for j in range(i + 1, min(i + MAX_WORDS, len(words)) + 1)}
-    return {span for span in spans if not any(span != arg and f" {span} " in f" {arg} " for arg in args)}
+    return {span for span in text_spans(text, max_words=MAX_WORDS)
+            if not any(span != arg and f" {span} " in f" {arg} " for arg in args)}
 
 
 class Conventions:
