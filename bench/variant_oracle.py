@@ -20,6 +20,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from split_figures import split_figures  # noqa: E402
 
 
+def majority(options: tuple[str, ...]) -> str:
+    """The answer most runs gave; the first run's where none is given twice."""
+    answer, votes = Counter(options).most_common(1)[0]
+    return answer if votes > 1 else options[0]
+
+
 def main(reports: list[Path]) -> None:
     answers: dict[str, list[str]] = {}
     golds: list[str] = []
@@ -32,8 +38,7 @@ def main(reports: list[Path]) -> None:
     for name, answer in answers.items():
         print(name, json.dumps(split_figures(golds, answer)))
     per_record = list(zip(*answers.values()))
-    vote = [Counter(options).most_common(1)[0][0] if Counter(options).most_common(1)[0][1] > 1 else options[0]
-            for options in per_record]
+    vote = [majority(options) for options in per_record]
     print("majority vote", json.dumps(split_figures(golds, vote)))
     oracle = [gold if gold in options else options[0] for gold, options in zip(golds, per_record)]
     print("oracle (any right)", json.dumps(split_figures(golds, oracle)))
