@@ -93,10 +93,6 @@ class TrainConfig(BaseModel):
     label_smoothing: float = Field(
         0.0, ge=0, lt=1, description="Share of each answer token's target spread over the vocabulary "
         "(transformers' label_smoothing_factor); 0 = plain cross-entropy.")
-    format_loss_weight: float = Field(
-        1.0, ge=0, le=1, description="Weight of the answer tokens' loss for probability outside the decoding "
-        "grammar; the rest is their loss among the tokens it allows (training/grammar_loss.py). 1 = plain "
-        "cross-entropy; 0 = decisions only, and the model no longer writes the format without the grammar.")
     dtype: Literal["auto", "bfloat16", "float32"] = Field(
         "auto", description="Compute dtype: auto = bfloat16 where the hardware has it (CUDA, AVX512-BF16/AMX CPUs).")
     seed: int = Field(42, description="Seed for initialisation and data order.")
@@ -107,8 +103,6 @@ class TrainConfig(BaseModel):
     def _one_quantization(self) -> TrainConfig:
         if self.load_in_4bit and self.load_in_8bit:
             raise ValueError("load_in_4bit and load_in_8bit are exclusive: set one of them to false")
-        if self.label_smoothing and self.format_loss_weight < 1:
-            raise ValueError("label_smoothing needs format_loss_weight 1: the grammar's loss has no smoothing")
         return self
 
     @property

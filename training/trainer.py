@@ -38,10 +38,11 @@ from training.data.compose import compose_multi_intent, find_joiner
 from training.data.check import check_records
 from training.data.dataset import Record, file_sha256, load_dataset
 from training.data.synthetic_oos import synthetic_oos_records
-from training.grammar_loss import IGNORE_INDEX, allowed_tokens, answer_loss
 
 log = logging.getLogger("intentlm.train")
 
+
+IGNORE_INDEX = -100
 SYNTHETIC_OOS_FILE = "synthetic_oos.json"
 
 
@@ -56,7 +57,6 @@ class Example:
     input_ids: list[int]
     answer_len: int
     line: int | None = None
-    instruction: str = ""  # the request, whose grammar constrains the answer (training.grammar_loss)
 
 
 @dataclass
@@ -143,7 +143,7 @@ def tokenize(records: list[Record], tokenizer: Any, config: TrainConfig,
         if len(p) + len(a) > config.seq_length:
             skipped.append((record.line, len(p) + len(a)))
         else:
-            examples.append(Example(p + a, len(a), record.line, record.instruction))
+            examples.append(Example(p + a, len(a), record.line))
     return examples, skipped
 
 
@@ -313,15 +313,8 @@ class AnswerOnlyCollator:
             labels[row, keep - b["answer_len"]:] = ids[len(ids) - b["answer_len"]:]
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
         # The model's loss shifts labels by one: logits[:, j] is scored against labels[:, j + 1].
-        inputs = {"input_ids": input_ids, "attention_mask": attention, "position_ids": positions,
-                  "labels": labels, "logits_to_keep": keep}
-        if "allowed" in batch[0]:  # the grammar's allowed ids, aligned with the labels (training.grammar_loss)
-            most = max(len(ids) for b in batch for ids in b["allowed"])
-            inputs["allowed"] = torch.full((len(batch), keep, max(most, 1)), -1, dtype=torch.int32)
-            for row, b in enumerate(batch):
-                for position, ids in enumerate(b["allowed"], start=keep - b["answer_len"]):
-                    inputs["allowed"][row, position, :len(ids)] = ids
-        return inputs
+        return {"input_ids": input_ids, "attention_mask": attention, "position_ids": positions,
+                "labels": labels, "logits_to_keep": keep}
 
 
 def training_args(plan: TrainPlan, run_dir: Path) -> Any:
@@ -358,24 +351,14 @@ def training_args(plan: TrainPlan, run_dir: Path) -> Any:
     )
 
 
-def make_trainer_class(format_loss_weight: float = 1.0) -> type:
+def make_trainer_class() -> type:
     """The ``Trainer`` subclass is built lazily so that importing this module does not import torch."""
     from transformers import Trainer
 
     class IntentTrainer(Trainer):
-        """Adds tokens/s and ETA to every log record (progress bar, TensorBoard, log history); with the
-        grammar's masks in the batch, the loss is ``training.grammar_loss.answer_loss``."""
+        """Adds tokens/s and ETA to every log record (progress bar, TensorBoard, log history)."""
 
         _last_log: tuple[float, int] | None = None
-
-        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
-                         num_items_in_batch: Any = None) -> Any:
-            if "allowed" not in inputs:
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            allowed, labels = inputs.pop("allowed"), inputs.pop("labels")
-            outputs = model(**inputs)
-            loss = answer_loss(outputs.logits, labels, allowed, format_loss_weight, num_items_in_batch)
-            return (loss, outputs) if return_outputs else loss
 
         def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
             now, tokens = time.monotonic(), self.state.num_input_tokens_seen
@@ -426,13 +409,7 @@ def train(plan: TrainPlan, *, resume: bool = False, tensorboard_dir: Path | None
     model = load_model(plan)
     tokenizer = load_tokenizer(plan.base_model)
     dataset = [{"input_ids": e.input_ids, "answer_len": e.answer_len} for e in plan.examples]
-    if config.format_loss_weight < 1:
-        allowed = allowed_tokens(
-            [(e.instruction, e.input_ids[len(e.input_ids) - e.answer_len:]) for e in plan.examples], plan.intents,
-            args_from_text(plan.records), tokenizer, model.config.vocab_size,
-            tokenizer.convert_tokens_to_ids(end_of_turn(tokenizer, config)))
-        dataset = [{**d, "allowed": a} for d, a in zip(dataset, allowed)]
-    trainer = make_trainer_class(config.format_loss_weight)(
+    trainer = make_trainer_class()(
         model=model,
         args=training_args(plan, run_dir),
         train_dataset=dataset,
@@ -659,9 +636,6 @@ def describe(plan: TrainPlan) -> list[str]:
         shown = ", ".join(f"line {line} ({n} tokens)" for line, n in plan.skipped[:10])
         lines.append(f"WARNING: {len(plan.skipped)} record(s) longer than seq_length {plan.config.seq_length} "
                      f"left out: {shown}{' ...' if len(plan.skipped) > 10 else ''}")
-    if plan.config.format_loss_weight < 1:
-        lines.append(f"answer loss: the choice among the tokens the decoding grammar allows, plus "
-                     f"{plan.config.format_loss_weight} x the mass outside it (training/grammar_loss.py)")
     lines.append(f"global batch {plan.global_batch}, {plan.steps_per_epoch} steps/epoch, "
                  f"{plan.total_steps} optimizer steps")
     return lines
