@@ -198,7 +198,7 @@ def markdown_report(result: EvalResult, rows: Sequence[dict[str, Any]]) -> str:
 
 def _calibration_text(result: EvalResult, rows: Sequence[dict[str, Any]]) -> str | None:
     """ECE and the out-of-scope thresholds, when the run has in-scope confidences."""
-    from eval.calibration import expected_calibration_error, from_rows
+    from eval.calibration import ece_noise, expected_calibration_error, from_rows
 
     c = from_rows(rows, result.run.oos_label)
     if c is None or not c.in_scope:
@@ -207,8 +207,10 @@ def _calibration_text(result: EvalResult, rows: Sequence[dict[str, Any]]) -> str
     thresholds = ", ".join(
         f"{name} {getattr(rule, f'{name}_threshold'):.4f}" if getattr(rule, f"{name}_threshold") else f"{name} none"
         for name in ("confidence", *c.other))
+    mean, high = ece_noise(c.in_scope)
     return (f"Expected calibration error of the intent confidence on the {len(c.in_scope)} in-scope records: "
-            f"{expected_calibration_error(c.in_scope, c.in_scope_correct):.3f}; out-of-scope thresholds: "
+            f"{expected_calibration_error(c.in_scope, c.in_scope_correct):.3f} (a perfectly calibrated confidence "
+            f"would show {mean:.3f} on these records, {high:.3f} at the 95th percentile); out-of-scope thresholds: "
             f"{thresholds}.")
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import random
+import statistics
+
+import pytest
 from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
@@ -10,6 +14,7 @@ from eval.calibration import (
     Confidences,
     calibration_png,
     choose_threshold,
+    ece_noise,
     expected_calibration_error,
     fit_temperature,
     from_rows,
@@ -49,6 +54,17 @@ def test_ece_is_between_0_and_1_and_zero_when_calibrated(run: list[tuple[float, 
     assert 0.0 <= expected_calibration_error(conf, ok) <= 1.0
     assert sum(b.count for b in reliability(conf, ok)) == len(conf)
     assert expected_calibration_error([1.0] * 4, [True] * 4) == 0.0
+
+
+def test_ece_noise_is_the_ece_of_a_perfectly_calibrated_confidence() -> None:
+    assert ece_noise([1.0] * 50) == (0.0, 0.0)
+    few, many = ece_noise([0.8] * 60), ece_noise([0.8] * 2000)
+    assert few[0] > 0.03 > many[0] and few[1] > few[0]  # few records per bin: a biased, noisy figure
+    # the mean ECE of expected_calibration_error over the same kind of draws, bins included
+    rng = random.Random(1)
+    conf = [rng.random() for _ in range(60)] + [0.3, 0.5, 1.0]  # bin edges land where reliability() puts them
+    drawn = statistics.mean(expected_calibration_error(conf, [rng.random() < c for c in conf]) for _ in range(400))
+    assert ece_noise(conf)[0] == pytest.approx(drawn, abs=0.01)
 
 
 def test_temperature_recovers_a_known_miscalibration_and_lowers_ece() -> None:

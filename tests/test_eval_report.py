@@ -54,6 +54,7 @@ def test_report_files(tmp_path: Path) -> None:
     assert "src='http" not in page and "href=" not in page  # self-contained
     md = (out / "report.md").read_text()
     assert "Intent accuracy (reference script)" in md and "](confusion.png)" in md
+    assert "a perfectly calibrated confidence would show" in md  # the ECE's noise floor on these records
     assert oct((out / "report.html").stat().st_mode & 0o044) == oct(0o044)  # readable by others
 
 
