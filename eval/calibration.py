@@ -116,8 +116,11 @@ def ece_noise(confidences: Sequence[float], bins: int = BINS, draws: int = 1000,
     # the bins of ``reliability``: low <= c < high, 1.0 in the last one
     index = np.minimum(np.searchsorted(np.arange(bins) / bins, conf, side="right") - 1, bins - 1)
     members = np.eye(bins)[index]  # records x bins
-    correct = np.random.default_rng(seed).random((draws, len(conf))) < conf
-    ece = np.abs(conf @ members - correct @ members).sum(axis=1) / len(conf)
+    rng = np.random.default_rng(seed)
+    chunk = max(1, 2_000_000 // len(conf))  # draws at a time, so that a large file needs no large matrix
+    ece = np.concatenate([
+        np.abs(conf @ members - (rng.random((min(chunk, draws - start), len(conf))) < conf) @ members).sum(axis=1)
+        for start in range(0, draws, chunk)]) / len(conf)
     return float(ece.mean()), float(np.quantile(ece, 0.95))
 
 
