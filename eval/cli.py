@@ -163,8 +163,8 @@ def _calibrate(model_dir: Path, rows: list[dict], oos_label: str, oos_score: str
 
     The rows' confidences are already under the card's temperature, so the fitted one multiplies it.
     """
-    from eval.calibration import (KEEP, accuracy_at, choose_threshold, expected_calibration_error, fit_temperature,
-                                  from_rows, rescale)
+    from eval.calibration import (KEEP, accuracy_at, choose_threshold, ece_noise, expected_calibration_error,
+                                  fit_temperature, from_rows, rescale)
     from eval.runner import model_card
     from service.modelcard import write_card
     from service.typicality import IntentStatistics
@@ -201,6 +201,8 @@ def _calibrate(model_dir: Path, rows: list[dict], oos_label: str, oos_score: str
         "in_scope_accuracy_at_threshold": round(accuracy_at(threshold, scores, c.in_scope_correct), 4),
         "ece_before": round(expected_calibration_error(c.in_scope, c.in_scope_correct), 4),
         "ece": round(expected_calibration_error(calibrated, c.in_scope_correct), 4),
+        # what a perfectly calibrated confidence would show on these records: a smaller "ece" is not measurable here
+        "ece_floor": round(ece_noise(calibrated)[0], 4),
     }
     write_card(model_dir, card)
     click.echo(f"calibrated: confidence_temperature = {card.confidence_temperature}, {oos_score} threshold = "

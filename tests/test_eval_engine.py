@@ -95,6 +95,7 @@ def test_calibrate_writes_temperature_and_threshold_into_the_card(smarthome_mode
     assert card["metrics"]["calibration"]["records"] == LIMIT
     assert card["metrics"]["calibration"]["training_scores"] == 12 * TYPICALITY_RECORDS
     assert card["metrics"]["calibration"]["oos_score"] == "typicality"
+    assert 0 <= card["metrics"]["calibration"]["ece_floor"] < 1  # the ECE that 8 records cannot resolve
     assert "calibrated: confidence_temperature" in done.stdout
     assert "cannot bound" not in done.stderr
     # On the confidence instead, with the familiarity threshold the operator had: replaced by the calibration.
