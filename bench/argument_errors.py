@@ -11,12 +11,12 @@ differently, or other words. Prints the counts and N examples of each.
 
 from __future__ import annotations
 
-import json
 import sys
 from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from eval.report import read_predictions  # noqa: E402
 from service.intents import parse  # noqa: E402
 from service.scope import DEFAULT_OOS_LABEL  # noqa: E402
 
@@ -39,7 +39,7 @@ def kind(gold: set[str], answer: set[str]) -> str:
 def main() -> None:
     report = Path(sys.argv[1])
     examples = int(sys.argv[sys.argv.index("--examples") + 1]) if "--examples" in sys.argv else 3
-    rows = [json.loads(line) for line in (report / "predictions.jsonl").read_text().splitlines()]
+    rows = read_predictions(report)
     kinds: dict[str, list[dict]] = defaultdict(list)
     right_intent = 0
     for row in rows:

@@ -11,10 +11,10 @@ their calibration line; this script reads reports written before they did.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from eval.calibration import ece_noise, expected_calibration_error, from_rows
+from eval.report import read_predictions
 
 
 def main() -> None:
@@ -23,7 +23,7 @@ def main() -> None:
     parser.add_argument("--oos-label", default="oos")
     args = parser.parse_args()
     for report in args.reports:
-        rows = [json.loads(line) for line in (report / "predictions.jsonl").read_text().splitlines()]
+        rows = read_predictions(report)
         c = from_rows(rows, args.oos_label)
         if c is None:
             print(f"{report}: no confidences")

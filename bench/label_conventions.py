@@ -19,12 +19,12 @@ models' wrong argument lists divide between records that break a convention and 
 
 from __future__ import annotations
 
-import json
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from eval.report import read_predictions  # noqa: E402
 from service.examples import halves, same_text_key  # noqa: E402
 from service.intents import parse, text_spans  # noqa: E402
 from training.data.compose import find_joiner  # noqa: E402
@@ -108,7 +108,7 @@ def main(train: Path, data: Path, reports: list[Path]) -> None:
     print(f"{data}: {len(breaking)} of {len(records)} single-call records ({len(breaking) / len(records):.1%})"
           f" break a convention of {train}")
     for report in reports:
-        rows = [json.loads(line) for line in (report / "predictions.jsonl").read_text().splitlines()]
+        rows = read_predictions(report)
         wrong = [r for r in rows if ";" not in r["gold"] and r["gold"] != "oos()" and r["reference_intent_correct"]
                  and not r["reference_params_correct"]]
         kinds = Counter(_kind(conventions, breaking, r) for r in wrong)

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from eval.report import read_predictions  # noqa: E402
 from service.intents import try_parse  # noqa: E402
 from service.scope import DEFAULT_OOS_LABEL, Familiarity, build_vocabulary  # noqa: E402
 
@@ -43,7 +44,7 @@ SCORES: dict[str, Callable[[dict], float]] = {
 
 
 def rows(report: str) -> list[dict]:
-    out = [json.loads(line) for line in (Path(report) / "predictions.jsonl").read_text().splitlines()]
+    out = read_predictions(report)
     if any(row["familiarity"] is None or row.get("typicality") is None for row in out):
         sys.exit(f"{report}: no familiarity or typicality in the predictions: run `intentlm model scope` first")
     for row in out:  # correctness before any threshold: the raw answer's first intent

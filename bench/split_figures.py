@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from eval.report import read_predictions  # noqa: E402
 
 
 def by_call_count(golds: list[str], answers: list[str]) -> dict[str, tuple[int, Any]]:
@@ -36,7 +37,7 @@ def split_figures(golds: list[str], answers: list[str]) -> dict[str, dict[str, f
 
 
 def figures(report: Path) -> dict[str, dict[str, float]]:
-    rows = [json.loads(line) for line in (report / "predictions.jsonl").read_text().splitlines()]
+    rows = read_predictions(report)
     return split_figures([r["gold"] for r in rows], [r["raw"] for r in rows])
 
 

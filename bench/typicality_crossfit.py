@@ -14,7 +14,6 @@ out-of-scope recall at it, and what the fit costs with and without the folds. Th
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from eval.calibration import choose_threshold  # noqa: E402
+from eval.report import read_predictions  # noqa: E402
 from service.modelcard import read_card  # noqa: E402
 from service.scope import DEFAULT_OOS_LABEL  # noqa: E402
 from service.typicality import HiddenStates, IntentStatistics  # noqa: E402
@@ -42,8 +42,7 @@ def main() -> None:
     fitted = states(prompt_token_ids(train, tokenizer, card.system_prompt, card.apply_chat_template))
     scored = states(prompt_token_ids(validation, tokenizer, card.system_prompt, card.apply_chat_template))
     labels = [next(c.name for c in r.calls() if c.name != DEFAULT_OOS_LABEL) for r in train]
-    rows = {json.loads(line)["instruction"]: json.loads(line)
-            for line in (Path(report) / "predictions.jsonl").read_text().splitlines()}
+    rows = {row["instruction"]: row for row in read_predictions(report)}
     outside = np.array([r.calls()[0].name == DEFAULT_OOS_LABEL for r in validation])
     correct = np.array([not o and rows[r.instruction]["intent_correct"] for r, o in zip(validation, outside)])
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from eval.report import read_predictions  # noqa: E402
 from service.modelcard import read_card  # noqa: E402
 from service.prompt import build_prompt  # noqa: E402
 from service.scope import DEFAULT_OOS_LABEL  # noqa: E402
@@ -52,8 +53,7 @@ def main() -> None:
     model_dir, train_file, heldout_file, report = sys.argv[1:5]
     train = [r for r in json.loads(Path(train_file).read_text()) if not r["output"].startswith(f"{DEFAULT_OOS_LABEL}(")]
     heldout = json.loads(Path(heldout_file).read_text())
-    rows = {json.loads(line)["instruction"]: json.loads(line)
-            for line in (Path(report) / "predictions.jsonl").read_text().splitlines()}
+    rows = {row["instruction"]: row for row in read_predictions(report)}
     outside = np.array([r["output"] == f"{DEFAULT_OOS_LABEL}()" for r in heldout])
     correct = np.array([not o and rows[r["instruction"]]["intent_correct"] for r, o in zip(heldout, outside)])
     labels = [r["output"].split("(", 1)[0] for r in train]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from eval.report import read_predictions  # noqa: E402
 from split_figures import split_figures  # noqa: E402
 
 
@@ -30,7 +31,7 @@ def main(reports: list[Path]) -> None:
     answers: dict[str, list[str]] = {}
     golds: list[str] = []
     for report in reports:
-        rows = [json.loads(line) for line in (report / "predictions.jsonl").read_text().splitlines()]
+        rows = read_predictions(report)
         if golds and [r["gold"] for r in rows] != golds:
             raise SystemExit(f"{report}: not the same records as {reports[0]}")
         golds = [r["gold"] for r in rows]

@@ -368,3 +368,8 @@ def compare_report(a: EvalResult, b: EvalResult, *, names: tuple[str, str] = ("A
 
 def read_result(path: str | os.PathLike[str]) -> EvalResult:
     return EvalResult.model_validate_json(Path(path).read_bytes())
+
+
+def read_predictions(report: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The rows of a report directory's ``predictions.jsonl`` (``prediction_rows``), for scripts comparing runs."""
+    return [orjson.loads(line) for line in (Path(report) / "predictions.jsonl").read_bytes().splitlines()]
