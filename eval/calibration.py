@@ -82,12 +82,21 @@ def rescale(confidences: Sequence[float], temperature: float) -> list[float]:
     return [c ** (1 / temperature) for c in confidences]
 
 
+def bin_indices(confidences: Sequence[float], bins: int = BINS) -> Any:
+    """Each confidence's equal-width bin, low <= c < high with 1.0 in the last one (a numpy array)."""
+    import numpy as np
+
+    edges = np.arange(bins) / bins
+    return np.minimum(np.searchsorted(edges, np.asarray(confidences, dtype=float), side="right") - 1, bins - 1)
+
+
 def reliability(confidences: Sequence[float], correct: Sequence[bool], bins: int = BINS) -> list[Bin]:
     """Equal-width confidence bins with their mean confidence and accuracy (empty bins left out)."""
+    index = bin_indices(confidences, bins)
     out = []
     for i in range(bins):
         low, high = i / bins, (i + 1) / bins
-        members = [(c, ok) for c, ok in zip(confidences, correct) if low <= c < high or (i == bins - 1 and c == 1.0)]
+        members = [(c, ok) for c, ok, b in zip(confidences, correct, index) if b == i]
         if members:
             out.append(Bin(low, high, len(members), sum(c for c, _ in members) / len(members),
                            sum(ok for _, ok in members) / len(members)))
@@ -113,9 +122,7 @@ def ece_noise(confidences: Sequence[float], bins: int = BINS, draws: int = 1000,
     conf = np.asarray(confidences, dtype=float)
     if not len(conf):
         return 0.0, 0.0
-    # the bins of ``reliability``: low <= c < high, 1.0 in the last one
-    index = np.minimum(np.searchsorted(np.arange(bins) / bins, conf, side="right") - 1, bins - 1)
-    members = np.eye(bins)[index]  # records x bins
+    members = np.eye(bins)[bin_indices(conf, bins)]  # records x bins
     rng = np.random.default_rng(seed)
     chunk = max(1, 2_000_000 // len(conf))  # draws at a time, so that a large file needs no large matrix
     ece = np.concatenate([
