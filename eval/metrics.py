@@ -28,6 +28,9 @@ label ``(malformed)`` in the confusion matrix.
   record it was predicted for already costs its gold intent's recall), micro F1 pools all counts;
 - exact match compares the canonical outputs (order of calls matters: "A and then B");
   call-level precision/recall/F1 compare the sets of canonical ``name(args)`` calls, pooled;
+- argument-level precision/recall/F1 compare the multisets of (intent, argument) pairs of each
+  record, pooled: the slot F1 that the NLU literature reports, with the intent standing in for the
+  slot type that the data format does not write (a right value under a wrong intent is a miss);
 - the confusion matrix and "intent accuracy (parsed)" use the first call on each side, as the
   reference does; predicted names that are not gold labels are folded into ``(other)``.
 """
@@ -153,6 +156,10 @@ class Metrics(BaseModel):
     call_precision: float
     call_recall: float
     call_f1: float
+    # None in metrics.json files written before these figures existed (``--compare`` still reads them).
+    argument_precision: float | None = None
+    argument_recall: float | None = None
+    argument_f1: float | None = None
     multi_intent_records: int
     multi_intent_exact_match: float | None
     per_intent: list[IntentScores]
@@ -185,6 +192,7 @@ def compute_metrics(
 
     per_intent, micro = _per_intent(gold_calls, pred_calls)
     call_p, call_r, call_f1 = _call_prf(gold_calls, pred_calls)
+    arg_p, arg_r, arg_f1 = _argument_prf(gold_calls, pred_calls)
     right_intent = [s for s in scores if s.intent_correct]
     multi = [s for s, calls in zip(scores, gold_calls) if len(calls) > 1]
     confusion = _confusion(scores)
@@ -208,6 +216,9 @@ def compute_metrics(
         call_precision=call_p,
         call_recall=call_r,
         call_f1=call_f1,
+        argument_precision=arg_p,
+        argument_recall=arg_r,
+        argument_f1=arg_f1,
         multi_intent_records=len(multi),
         multi_intent_exact_match=sum(s.exact_match for s in multi) / len(multi) if multi else None,
         per_intent=per_intent,
@@ -254,6 +265,18 @@ def _call_prf(gold_calls: Sequence[list[Call]], pred_calls: Sequence[list[Call]]
         tp += len(gold_set & pred_set)
         fp += len(pred_set - gold_set)
         fn += len(gold_set - pred_set)
+    return _prf(tp, fp, fn)
+
+
+def _argument_prf(gold_calls: Sequence[list[Call]], pred_calls: Sequence[list[Call]]) -> tuple[float, float, float]:
+    tp = fp = fn = 0
+    for gold, pred in zip(gold_calls, pred_calls):
+        gold_args = Counter((c.name, arg) for c in gold for arg in c.args)
+        pred_args = Counter((c.name, arg) for c in pred for arg in c.args)
+        hits = sum((gold_args & pred_args).values())
+        tp += hits
+        fp += sum(pred_args.values()) - hits
+        fn += sum(gold_args.values()) - hits
     return _prf(tp, fp, fn)
 
 

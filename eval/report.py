@@ -110,6 +110,8 @@ def headline(result: EvalResult) -> list[tuple[str, str]]:
         ("Macro F1 / micro F1", f"{_pct(m.macro_f1)} / {_pct(m.micro_f1)}"),
         ("Exact match (all calls)", _pct(m.exact_match)),
         ("Call-level P / R / F1", f"{_pct(m.call_precision)} / {_pct(m.call_recall)} / {_pct(m.call_f1)}"),
+        ("Argument-level P / R / F1",
+         f"{_pct(m.argument_precision)} / {_pct(m.argument_recall)} / {_pct(m.argument_f1)}"),
         ("Malformed outputs", _pct(m.malformed_rate)),
     ]
     if m.multi_intent_records:

@@ -99,7 +99,7 @@ def test_perfect_predictions_on_the_real_test_files() -> None:
         # The script splits the gold at ';' but not the prediction, so a perfect multi-intent
         # answer never has the right "parameters": 0.0 on the multi-intent file.
         assert figures == ((1.0, 1.0) if path == TEST_FILE else (1.0, 0.0))
-        assert m.intent_accuracy == m.exact_match == m.macro_f1 == m.micro_f1 == m.call_f1 == 1.0
+        assert m.intent_accuracy == m.exact_match == m.macro_f1 == m.micro_f1 == m.call_f1 == m.argument_f1 == 1.0
         assert m.malformed_rate == 0.0 and m.most_confused == []
         assert sum(map(sum, m.confusion.matrix)) == len(golds)
 
@@ -134,6 +134,15 @@ def test_multi_intent_exact_match_and_call_sets() -> None:
     assert m.exact_match == pytest.approx(1 / 3)  # order of calls matters for exact match
     assert m.multi_intent_records == 2 and m.multi_intent_exact_match == 0.5
     assert (m.call_precision, m.call_recall) == (pytest.approx(5 / 6), 1.0)  # sets: order ignored
+
+
+def test_argument_level_counts_intent_argument_pairs() -> None:
+    golds = ["a(x,y);b(z)", "a(x)", "c(w,w)", "d()"]
+    preds = ["a(x);b(z,q)", "b(x)", "c(w)", "not a call"]
+    m = compute_metrics(golds, preds)
+    # tp: a/x, b/z, c/w = 3; fp: b/q, b/x = 2 (a right value under the wrong intent is a miss); fn: a/y, a/x, c/w = 3
+    assert (m.argument_precision, m.argument_recall) == (pytest.approx(3 / 5), pytest.approx(3 / 6))
+    assert m.argument_f1 == pytest.approx(2 * 0.6 * 0.5 / 1.1)
 
 
 def test_out_of_scope_and_latency() -> None:
