@@ -8,8 +8,6 @@ reference's ``apply_chat_template: false`` trains on the raw text.
 
 from __future__ import annotations
 
-import os
-
 from collections.abc import Sequence
 from typing import Literal, Protocol
 
@@ -48,7 +46,7 @@ def with_examples(instruction: str, examples: Sequence[tuple[str, str]]) -> str:
     """The user turn of a model trained with retrieved examples (service.examples): the training records most
     like the request, with their answers, then the request."""
     if not examples:
-        return f"{instruction}\n{instruction}" if os.environ.get("INTENTLM_ECHO") else instruction
+        return instruction
     shown = "".join(f"{text} => {answer}\n" for text, answer in examples)
     return f"Similar requests:\n{shown}Request: {instruction}"
 

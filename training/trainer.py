@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 import statistics
 import time
@@ -186,8 +185,6 @@ def plan_training(data: Path, output: Path, config: TrainConfig, explicit: set[s
     synthetic = synthetic_oos(records, config, base_model, tokenizer)
     index = example_index(records, config.retrieved_examples)
     examples, skipped = tokenize(records + composed + synthetic, tokenizer, config, index)
-    if os.environ.get("INTENTLM_AUX_TAGGING"):
-        examples += tagging_examples(records, tokenizer, config)
     if not examples:
         shortest = min(n for _, n in skipped)
         raise TrainError(f"seq_length {config.seq_length} is below the shortest record ({shortest} tokens "
@@ -196,41 +193,6 @@ def plan_training(data: Path, output: Path, config: TrainConfig, explicit: set[s
     intents = sorted({call.name for r in records + synthetic for call in r.calls()})
     return TrainPlan(config, data, records, examples, skipped, base_model, output, batch_note, intents,
                      index, len(composed), synthetic)
-
-
-TAGGING_PROMPT = "Bracket the arguments."
-
-
-def tagged(record: Record) -> str | None:
-    """The instruction with each argument bracketed where it occurs (None if one is not found)."""
-    text, taken = record.instruction, []
-    for call in record.calls():
-        for arg in call.args:
-            for m in re.finditer(r"(?<!\w)" + re.escape(arg) + r"(?!\w)", text):
-                start, end = m.span()
-                if all(end <= a or start >= b for a, b in taken):
-                    break
-            else:
-                return None
-            taken.append((start, end))
-    out, pos = [], 0
-    for a, b in sorted(taken):
-        out += [text[pos:a], "[", text[a:b], "]"]
-        pos = b
-    out.append(text[pos:])
-    return "".join(out)
-
-
-def tagging_examples(records: list[Record], tokenizer: Any, config: TrainConfig) -> list[Example]:
-    eot = end_of_turn(tokenizer, config)
-    pairs = [(r, t) for r in records if (t := tagged(r)) is not None]
-    prompts = [build_prompt(r.instruction, system_prompt=TAGGING_PROMPT, apply_chat_template=config.apply_chat_template,
-                            tokenizer=tokenizer) for r, _ in pairs]
-    p_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    a_ids = tokenizer([t + eot for _, t in pairs], add_special_tokens=False)["input_ids"]
-    log.warning("aux tagging: %d of %d records; e.g. %s", len(pairs), len(records), pairs[0][1])
-    return [Example(p + a, len(a), r.line) for (r, _), p, a in zip(pairs, p_ids, a_ids)
-            if len(p) + len(a) <= config.seq_length]
 
 
 def synthetic_oos(records: list[Record], config: TrainConfig, base_model: Path, tokenizer: Any) -> list[Record]:
@@ -308,8 +270,6 @@ def load_model(plan: TrainPlan) -> Any:
     config = plan.config
     dtype = compute_dtype(config)
     kwargs: dict[str, Any] = {"dtype": dtype if config.is_lora else torch.float32}
-    if os.environ.get("INTENTLM_ATTN_DROPOUT"):
-        kwargs["attention_dropout"] = float(os.environ["INTENTLM_ATTN_DROPOUT"])
     if config.quantization == "4bit":
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
