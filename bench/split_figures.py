@@ -32,7 +32,8 @@ def by_call_count(golds: list[str], answers: list[str]) -> dict[str, tuple[int, 
 def split_figures(golds: list[str], answers: list[str]) -> dict[str, dict[str, float]]:
     """The accuracy.md tables' figures (percent) of the single-call and the multi-call records."""
     return {part: {"records": n, "intent": round(100 * m.reference.intent_accuracy, 1),
-                   "param": round(100 * m.reference.parameter_accuracy, 1), "exact": round(100 * m.exact_match, 1)}
+                   "param": round(100 * m.reference.parameter_accuracy, 1), "exact": round(100 * m.exact_match, 1),
+                   "arg_f1": round(100 * m.argument_f1, 1)}
             for part, (n, m) in by_call_count(golds, answers).items()}
 
 
