@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 import statistics
 import time
@@ -58,7 +57,6 @@ class Example:
     input_ids: list[int]
     answer_len: int
     line: int | None = None
-    tags: list[int] | None = None  # experiment: BIO over the instruction's tokens (0 O, 1 B, 2 I), -100 elsewhere
 
 
 @dataclass
@@ -140,51 +138,13 @@ def tokenize(records: list[Record], tokenizer: Any, config: TrainConfig,
     prompt_ids = prompt_token_ids(records, tokenizer, config.system_prompt, config.apply_chat_template, index)
     answer_ids = tokenizer([build_target(r.output, end_of_turn=eot) for r in records],
                            add_special_tokens=False)["input_ids"]
-    tags = argument_tags(records, tokenizer, config, index, prompt_ids) if os.environ.get("INTENTLM_TAG_HEAD") else None
     examples, skipped = [], []
-    for i, (record, p, a) in enumerate(zip(records, prompt_ids, answer_ids)):
+    for record, p, a in zip(records, prompt_ids, answer_ids):
         if len(p) + len(a) > config.seq_length:
             skipped.append((record.line, len(p) + len(a)))
         else:
-            examples.append(Example(p + a, len(a), record.line, tags[i] + [-100] * len(a) if tags else None))
+            examples.append(Example(p + a, len(a), record.line))
     return examples, skipped
-
-
-def argument_spans(record: Record) -> list[tuple[int, int]]:
-    """Character spans of the record's arguments in its instruction (first whole-word, non-overlapping match)."""
-    text, taken = record.instruction, []
-    for call in record.calls():
-        for arg in call.args:
-            for m in re.finditer(r"(?<!\w)" + re.escape(arg) + r"(?!\w)", text):
-                if all(m.end() <= a or m.start() >= b for a, b in taken):
-                    taken.append(m.span())
-                    break
-    return taken
-
-
-def argument_tags(records: list[Record], tokenizer: Any, config: TrainConfig, index: ExampleIndex | None,
-                  prompt_ids: list[list[int]]) -> list[list[int]]:
-    prompts = [build_prompt(r.instruction, system_prompt=config.system_prompt,
-                            apply_chat_template=config.apply_chat_template, tokenizer=tokenizer,
-                            examples=examples_of(index, r.instruction)) for r in records]
-    enc = tokenizer(prompts, add_special_tokens=False, return_offsets_mapping=True)
-    out = []
-    for r, prompt, ids, offsets, expected in zip(records, prompts, enc["input_ids"], enc["offset_mapping"], prompt_ids):
-        assert ids == expected
-        start = prompt.rindex(r.instruction)
-        spans = [(start + a, start + b) for a, b in argument_spans(r)]
-        row, inside = [], None
-        for a, b in offsets:
-            if b <= start or a >= start + len(r.instruction) or b <= a:
-                row.append(-100)
-                continue
-            span = next((s for s in spans if a < s[1] and b > s[0]), None)
-            row.append(0 if span is None else 2 if span == inside else 1)  # O, B, I
-            inside = span
-        out.append(row)
-    log.warning("tag head: %d records, %d tagged tokens, %d inside arguments", len(out),
-                sum(t >= 0 for row in out for t in row), sum(t == 1 for row in out for t in row))  # tokens, arguments
-    return out
 
 
 def prompt_token_ids(records: list[Record], tokenizer: Any, system_prompt: str,
@@ -353,14 +313,8 @@ class AnswerOnlyCollator:
             labels[row, keep - b["answer_len"]:] = ids[len(ids) - b["answer_len"]:]
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
         # The model's loss shifts labels by one: logits[:, j] is scored against labels[:, j + 1].
-        out = {"input_ids": input_ids, "attention_mask": attention, "position_ids": positions,
-               "labels": labels, "logits_to_keep": keep}
-        if batch[0].get("tags") is not None:
-            tags = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
-            for row, b in enumerate(batch):
-                tags[row, width - len(b["tags"]):] = torch.tensor(b["tags"], dtype=torch.long)
-            out["tag_labels"] = tags
-        return out
+        return {"input_ids": input_ids, "attention_mask": attention, "position_ids": positions,
+                "labels": labels, "logits_to_keep": keep}
 
 
 def training_args(plan: TrainPlan, run_dir: Path) -> Any:
@@ -397,9 +351,6 @@ def training_args(plan: TrainPlan, run_dir: Path) -> Any:
     )
 
 
-TAG_LOSS_WEIGHT = float(os.environ.get("INTENTLM_TAG_WEIGHT", "1.0"))
-
-
 def make_trainer_class() -> type:
     """The ``Trainer`` subclass is built lazily so that importing this module does not import torch."""
     from transformers import Trainer
@@ -418,22 +369,6 @@ def make_trainer_class() -> type:
                 logs["eta_seconds"] = round(per_step * (self.state.max_steps - self.state.global_step), 1)
             self._last_log = (now, tokens)
             super().log(logs, start_time)
-
-        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
-                         num_items_in_batch: Any = None) -> Any:
-            import torch
-
-            tags = inputs.pop("tag_labels", None)
-            if tags is None:
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            inputs["output_hidden_states"] = True
-            loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
-            hidden = outputs.hidden_states[-1]
-            mask = tags != IGNORE_INDEX
-            head = model.tag_head
-            tag_logits = head(hidden[mask].to(head.weight.dtype))
-            loss = loss + TAG_LOSS_WEIGHT * torch.nn.functional.cross_entropy(tag_logits, tags[mask])
-            return (loss, outputs) if return_outputs else loss
 
     return IntentTrainer
 
@@ -473,9 +408,7 @@ def train(plan: TrainPlan, *, resume: bool = False, tensorboard_dir: Path | None
     torch.manual_seed(config.seed)
     model = load_model(plan)
     tokenizer = load_tokenizer(plan.base_model)
-    dataset = [{"input_ids": e.input_ids, "answer_len": e.answer_len, "tags": e.tags} for e in plan.examples]
-    if plan.examples[0].tags is not None:
-        model.tag_head = torch.nn.Linear(model.config.hidden_size, 3)
+    dataset = [{"input_ids": e.input_ids, "answer_len": e.answer_len} for e in plan.examples]
     trainer = make_trainer_class()(
         model=model,
         args=training_args(plan, run_dir),
@@ -501,8 +434,6 @@ def train(plan: TrainPlan, *, resume: bool = False, tensorboard_dir: Path | None
         "optimizer_steps": trainer.state.global_step,
         "records_too_long": len(plan.skipped),
     }
-    if hasattr(trainer.model, "tag_head"):
-        del trainer.model.tag_head
     if not trainer.is_world_process_zero():
         return ModelCard()
     adapter_dir = run_dir / "adapter"
