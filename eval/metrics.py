@@ -39,8 +39,9 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -257,27 +258,28 @@ def _per_intent(
     return rows, _prf(sum(tp.values()), sum(fp.values()), sum(fn.values()))
 
 
-def _call_prf(gold_calls: Sequence[list[Call]], pred_calls: Sequence[list[Call]]) -> tuple[float, float, float]:
+def _pooled_prf(records: Iterable[tuple[Counter[Any], Counter[Any]]]) -> tuple[float, float, float]:
+    """P/R/F1 of items matched within each record (gold and predicted multisets), counts pooled over the records."""
     tp = fp = fn = 0
-    for gold, pred in zip(gold_calls, pred_calls):
-        gold_set = {str(c) for c in gold}
-        pred_set = {str(c) for c in pred}
-        tp += len(gold_set & pred_set)
-        fp += len(pred_set - gold_set)
-        fn += len(gold_set - pred_set)
+    for gold, pred in records:
+        hits = (gold & pred).total()
+        tp += hits
+        fp += pred.total() - hits
+        fn += gold.total() - hits
     return _prf(tp, fp, fn)
+
+
+def _call_prf(gold_calls: Sequence[list[Call]], pred_calls: Sequence[list[Call]]) -> tuple[float, float, float]:
+    """Canonical calls as sets: a call repeated in one answer counts once."""
+    return _pooled_prf((Counter({str(c) for c in gold}), Counter({str(c) for c in pred}))
+                       for gold, pred in zip(gold_calls, pred_calls))
 
 
 def _argument_prf(gold_calls: Sequence[list[Call]], pred_calls: Sequence[list[Call]]) -> tuple[float, float, float]:
-    tp = fp = fn = 0
-    for gold, pred in zip(gold_calls, pred_calls):
-        gold_args = Counter((c.name, arg) for c in gold for arg in c.args)
-        pred_args = Counter((c.name, arg) for c in pred for arg in c.args)
-        hits = sum((gold_args & pred_args).values())
-        tp += hits
-        fp += sum(pred_args.values()) - hits
-        fn += sum(gold_args.values()) - hits
-    return _prf(tp, fp, fn)
+    """(intent, argument) pairs as multisets: an argument written twice must be found twice."""
+    return _pooled_prf((Counter((c.name, arg) for c in gold for arg in c.args),
+                        Counter((c.name, arg) for c in pred for arg in c.args))
+                       for gold, pred in zip(gold_calls, pred_calls))
 
 
 def _column(score: RecordScore, rows: set[str]) -> str:
