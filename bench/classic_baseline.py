@@ -22,7 +22,8 @@ The pipeline Rasa and Snips NLU made standard for small intent data, without a l
   same rule and data the product's training-only threshold uses (bench/accuracy.md §9).
 
 Answers are written in the data format and scored by ``eval.metrics`` as `intentlm eval` scores the
-model; ``--report DIR`` writes them as ``predictions.jsonl`` rows for the other bench scripts.
+model; ``--report DIR`` writes them as ``predictions.jsonl`` rows (``prediction`` as served, ``raw`` before
+the threshold) for the other bench scripts.
 """
 
 from __future__ import annotations
@@ -194,8 +195,8 @@ def evaluate(model: ClassicNLU, path: Path, threshold: float, report: Path | Non
                          "in_scope_rejected": round(100 * oos.in_scope_rejected, 1)}
     if report is not None:
         report.mkdir(parents=True, exist_ok=True)
-        rows = [{"instruction": r.instruction, "gold": r.output, "prediction": s, "raw": s, "confidence": p}
-                for r, s, p in zip(records, served, top)]
+        rows = [{"instruction": r.instruction, "gold": r.output, "prediction": s, "raw": a, "confidence": p}
+                for r, s, a, p in zip(records, served, answers, top)]
         (report / "predictions.jsonl").write_bytes(b"".join(orjson.dumps(row) + b"\n" for row in rows))
     return result
 
