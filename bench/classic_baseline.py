@@ -18,8 +18,8 @@ The pipeline Rasa and Snips NLU made standard for small intent data, without a l
   lexical features: the word, its affixes and shape, two words either side, and the intent (gold
   while training, predicted when answering).
 - **Out-of-scope**: the classifier's top probability (the maximum-softmax-probability detector; the
-  lowest over the parts), thresholded by ``eval.calibration.choose_threshold`` on cross-fitted training probabilities, the
-  same rule and data the product's training-only threshold uses (bench/accuracy.md §9).
+  lowest over the parts), thresholded by ``eval.calibration.choose_threshold`` on cross-fitted training
+  probabilities: the same rule and data as the product's training-only threshold (bench/accuracy.md §9).
 
 Answers are written in the data format and scored by ``eval.metrics`` as `intentlm eval` scores the
 model; ``--report DIR`` writes them as ``predictions.jsonl`` rows (``prediction`` as served, ``raw`` before
@@ -61,7 +61,7 @@ def tokens(text: str) -> list[re.Match[str]]:
 
 
 def single_calls(records: list[Record], joiner: str | None) -> list[tuple[str, Call]]:
-    """``(text, call)`` per call: a multi-call record split at the joiner, skipped if its parts do not match its calls."""
+    """``(text, call)`` per call: multi-call records split at the joiner (skipped if the parts and calls differ)."""
     out = []
     for record in records:
         calls = record.calls()
@@ -99,7 +99,8 @@ def word_features(text: str, intent: str) -> list[list[str]]:
     words = [m.group(0).lower() for m in tokens(text)]
     out = []
     for i, w in enumerate(words):
-        near = {d: words[i + d] if 0 <= i + d < len(words) else ("<s>" if i + d < 0 else "</s>") for d in (-2, -1, 1, 2)}
+        near = {d: words[i + d] if 0 <= i + d < len(words) else ("<s>" if i + d < 0 else "</s>")
+                for d in (-2, -1, 1, 2)}
         out.append([
             f"w={w}", f"suf3={w[-3:]}", f"suf2={w[-2:]}", f"pre3={w[:3]}", f"shape={_shape(w)}",
             f"w-1={near[-1]}", f"w-2={near[-2]}", f"w+1={near[1]}", f"w+2={near[2]}",
@@ -152,7 +153,8 @@ class ClassicNLU:
         flat = [part for request in parts for part in request]
         probs = self.classifier.predict_proba(flat)
         names = self.classifier.classes_[probs.argmax(axis=1)]
-        calls = [Call(name, arguments(part, self.tagger.tag(word_features(part, name)))) for part, name in zip(flat, names)]
+        calls = [Call(name, arguments(part, self.tagger.tag(word_features(part, name))))
+                 for part, name in zip(flat, names)]
         answers, top, i = [], [], 0
         for request in parts:
             answers.append(format_calls(calls[i:i + len(request)]))
