@@ -46,7 +46,7 @@ from sklearn.pipeline import Pipeline, make_pipeline, make_union
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from eval.calibration import choose_threshold  # noqa: E402
-from eval.metrics import compute_metrics  # noqa: E402
+from eval.metrics import compute_metrics, reference_record  # noqa: E402
 from service.intents import Call, format_calls  # noqa: E402
 from split_figures import split_figures  # noqa: E402
 from training.data.compose import find_joiner  # noqa: E402
@@ -191,7 +191,7 @@ def evaluate(model: ClassicNLU, path: Path, threshold: float, report: Path | Non
     result["arg_prf"] = [round(100 * x, 1) for x in (arg.argument_precision, arg.argument_recall, arg.argument_f1)]
     oos = compute_metrics(golds, served).out_of_scope
     if oos is not None:
-        before = sum(answers[i].split("(")[0] == golds[i].split("(")[0] for i in inside)
+        before = sum(reference_record(golds[i], answers[i])[0] for i in inside)
         result["oos"] = {"recall": round(100 * oos.recall, 1), "in_scope_intent": round(100 * oos.in_scope_accuracy, 1),
                          "in_scope_intent_before": round(100 * before / len(inside), 1),
                          "in_scope_rejected": round(100 * oos.in_scope_rejected, 1)}

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from service.intents import Call, format_calls  # noqa: E402
+from service.intents import Call, format_calls, try_parse  # noqa: E402
 from training.data.dataset import Record, load_dataset, save_dataset  # noqa: E402
 
 SLOT = re.compile(r"\[\s*([^\[\]:]+?)\s*:\s*([^\[\]]*?)\s*\]")
@@ -35,15 +35,13 @@ def normalise(text: str) -> str:
 
 
 def convert(intent: str, annotation: str) -> Record | None:
-    """The record of one annotated request; None when its brackets do not parse or a value is empty."""
+    """The record of one annotated request; None when its brackets or its output do not parse (an empty value)."""
     values = [m.group(2) for m in SLOT.finditer(annotation)]
     instruction = normalise(SLOT.sub(lambda m: m.group(2), annotation))
     if "[" in instruction or "]" in instruction or not instruction:
         return None
-    args = tuple(normalise(v.replace(",", " ")) for v in values)
-    if any(not a or re.search(r"[();]", a) for a in args):
-        return None
-    return Record(instruction=instruction, output=format_calls([Call(intent, args)]))
+    output = format_calls([Call(intent, tuple(normalise(v.replace(",", " ")) for v in values))])
+    return Record(instruction=instruction, output=output) if try_parse(output) else None
 
 
 def main() -> None:
