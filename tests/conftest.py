@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-# The development data (HWU64 smart-home subset, CC BY 4.0, Liu et al. 2019) lives in ../shared/data
-# beside the checkout, in CI as here.
-DATA_DIR = Path(os.environ.get("INTENTLM_DATA_DIR", REPO.parent / "shared" / "data"))
+# The development data (HWU64 smart-home subset, CC BY 4.0, Liu et al. 2019) ships in the repository,
+# so a clone tests on its own; INTENTLM_DATA_DIR points the tests at another copy.
+DATA_DIR = Path(os.environ.get("INTENTLM_DATA_DIR", REPO / "data" / "smarthome"))
 TRAIN_FILE = DATA_DIR / "smarthome_train.json"
 TEST_FILE = DATA_DIR / "smarthome_test.json"
 MULTI_TEST_FILE = DATA_DIR / "smarthome_test_multi.json"
