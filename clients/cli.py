@@ -27,7 +27,12 @@ from typing import TextIO
 import click
 
 from clients.client import DEFAULT_URL, TOKEN_ENV, URL_ENV, IntentClient, Retries
-from clients.errors import AuthError, ConnectionError, IntentLMError, PayloadTooLargeError
+from clients.errors import (
+    AuthError,
+    ConnectionError,
+    IntentLMError,
+    PayloadTooLargeError,
+)
 from clients.models import History
 
 

@@ -31,7 +31,6 @@ class Prediction(BaseModel):
     intents: list[Intent]
     raw: str
     confidence: float
-    familiarity: float | None = None  # share of the request's words seen in training; None: not scored
     typicality: float | None = None  # closeness of the prompt's hidden state to training requests; None: not scored
     latency_ms: float
 

@@ -2,7 +2,7 @@
 
 The confidence is the server's (``service.engine.intent_confidence``: the probability of the intent
 name tokens, under the card's temperature, which ``fit_temperature`` fits on held-out data). A
-record is rejected as out-of-scope when its confidence (or, as chosen, its familiarity or typicality) is
+record is rejected as out-of-scope when its confidence (or, as chosen, its typicality) is
 below the threshold, as the server does. ``choose_threshold`` picks it on held-out IN-SCOPE data (the
 validation split) so that a new correct in-scope answer is rejected with probability at most
 ``1 - KEEP``, because out-of-scope examples of a deployment are unknown in advance while the
@@ -21,8 +21,8 @@ from service.scope import OutOfScopeRule
 
 KEEP = 0.99  # keep ≥ 99 % of the in-scope accuracy (≈ 1 point at 95 %): issue 7's cost budget
 BINS = 10
-OTHER_SCORES = ("familiarity", "typicality")  # the out-of-scope scores besides the confidence (service.scope)
-STYLES = {"confidence": "-", "familiarity": "--", "typicality": ":"}  # their lines in the trade-off plot
+OTHER_SCORES = ("typicality",)  # the out-of-scope scores besides the confidence (service.scope)
+STYLES = {"confidence": "-", "typicality": ":"}  # their lines in the trade-off plot
 
 
 @dataclass(frozen=True)
@@ -151,7 +151,7 @@ class Confidences:
     in_scope_correct: list[bool]  # the model's own answer (before any threshold) names the gold intent
     out_of_scope: list[float]
     # The other out-of-scope scores of the same records (OTHER_SCORES that every row has): name -> (in-scope,
-    # out-of-scope); a run has familiarity when the card has a vocabulary, typicality when the model has statistics.
+    # out-of-scope); a run has typicality when the model has statistics.
     other: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
 
     def scores(self, name: str) -> list[float] | None:

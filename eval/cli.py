@@ -15,8 +15,8 @@ from eval.metrics import DEFAULT_OOS_LABEL
 
 if TYPE_CHECKING:
     from eval.runner import Prediction
+    from service.dataset import Record
     from service.scope import OutOfScopeRule
-    from training.data.dataset import Record
 
 
 @click.command("eval")
@@ -42,12 +42,11 @@ if TYPE_CHECKING:
                    "temperature and choose the out-of-scope threshold (on --oos-score) that rejects at most 1 % of "
                    "correct in-scope answers (for typicality: of these and the training requests' cross-fitted "
                    "scores); write both into the model's intentlm.json (the server's defaults).")
-@click.option("--oos-score", type=click.Choice(["confidence", "familiarity", "typicality"]), default="typicality",
+@click.option("--oos-score", type=click.Choice(["confidence", "typicality"]), default="typicality",
               show_default=True,
               help="--calibrate: the score the out-of-scope threshold applies to. typicality: closeness of the "
                    "prompt's hidden state to the training requests (needs the model's typicality.npz; finds "
-                   "the most out-of-scope requests, bench/accuracy.md §6); familiarity: the share of the request's "
-                   "words seen in training (§5).")
+                   "the most out-of-scope requests, docs/decisions.md); confidence: the intent names' probability.")
 @click.option("--limit", type=click.IntRange(1), help="Evaluate only the first N records.")
 @click.option("--compare", nargs=2, type=click.Path(path_type=Path, exists=True, dir_okay=False),
               metavar="A/metrics.json B/metrics.json", help="Show two earlier runs side by side instead.")
@@ -97,7 +96,7 @@ def eval_command(
         raise click.UsageError("--calibrate needs --model DIR and constrained decoding")
 
     from eval.metrics import compute_metrics, score_record
-    from training.data.dataset import DatasetError, file_sha256, load_dataset
+    from service.dataset import DatasetError, file_sha256, load_dataset
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
@@ -148,7 +147,6 @@ def eval_command(
         rule = _calibrate(model_dir, rows, oos_label, oos_score, data_file)  # type: ignore[arg-type]
     if rule is not None:
         result.run.oos_threshold = rule.confidence_threshold or None
-        result.run.familiarity_threshold = rule.familiarity_threshold or None
         result.run.typicality_threshold = rule.typicality_threshold or None
     click.echo(report.console_report(result))
     if report_dir is not None:
@@ -163,8 +161,16 @@ def _calibrate(model_dir: Path, rows: list[dict], oos_label: str, oos_score: str
 
     The rows' confidences are already under the card's temperature, so the fitted one multiplies it.
     """
-    from eval.calibration import (KEEP, accuracy_at, choose_threshold, ece_noise, expected_calibration_error,
-                                  fit_temperature, from_rows, rescale)
+    from eval.calibration import (
+        KEEP,
+        accuracy_at,
+        choose_threshold,
+        ece_noise,
+        expected_calibration_error,
+        fit_temperature,
+        from_rows,
+        rescale,
+    )
     from eval.runner import model_card
     from service.modelcard import write_card
     from service.typicality import IntentStatistics
@@ -177,9 +183,8 @@ def _calibrate(model_dir: Path, rows: list[dict], oos_label: str, oos_score: str
     calibrated = rescale(c.in_scope, factor)
     scores = calibrated if oos_score == "confidence" else c.scores(oos_score)
     if scores is None:
-        needs = "a vocabulary" if oos_score == "familiarity" else "typicality statistics"
-        raise click.ClickException(f"{model_dir}: the model has no {needs} to score {oos_score} with; run "
-                                   "`intentlm model scope` with the model's training data first")
+        raise click.ClickException(f"{model_dir}: the model has no typicality statistics (typicality.npz) to "
+                                   "score typicality with; calibrate --oos-score confidence, or retrain it")
     # Typicality pools the validation answers with the training requests' cross-fitted scores (service.typicality):
     # more answers to bound the rejection of new in-scope requests with (smart-home split: 115 + 1 037).
     statistics = IntentStatistics.load(model_dir) if oos_score == "typicality" else None
@@ -188,7 +193,6 @@ def _calibrate(model_dir: Path, rows: list[dict], oos_label: str, oos_score: str
     threshold = choose_threshold(list(scores) + held_out, pooled)
     card.confidence_temperature = round(card.confidence_temperature * factor, 4)
     card.oos_threshold = threshold if oos_score == "confidence" else 0.0
-    card.familiarity_threshold = threshold if oos_score == "familiarity" else None
     card.typicality_threshold = threshold if oos_score == "typicality" else None
     if not threshold:
         click.echo(f"warning: {sum(pooled)} correct in-scope answers cannot bound the rejection of "

@@ -157,10 +157,9 @@ class Metrics(BaseModel):
     call_precision: float
     call_recall: float
     call_f1: float
-    # None in metrics.json files written before these figures existed (``--compare`` still reads them).
-    argument_precision: float | None = None
-    argument_recall: float | None = None
-    argument_f1: float | None = None
+    argument_precision: float
+    argument_recall: float
+    argument_f1: float
     multi_intent_records: int
     multi_intent_exact_match: float | None
     per_intent: list[IntentScores]

@@ -39,13 +39,11 @@ class RunInfo(BaseModel):
     created_at: str
     oos_label: str = DEFAULT_OOS_LABEL
     oos_threshold: float | None = None  # the confidence threshold applied (None: none)
-    familiarity_threshold: float | None = None  # the familiarity threshold applied (None: none)
     typicality_threshold: float | None = None  # the typicality threshold applied (None: none)
 
     def oos_rule(self) -> OutOfScopeRule:
         """The out-of-scope rule this run applied."""
-        return OutOfScopeRule(self.oos_threshold or 0.0, self.familiarity_threshold or 0.0,
-                              self.typicality_threshold or 0.0)
+        return OutOfScopeRule(self.oos_threshold or 0.0, self.typicality_threshold or 0.0)
 
 
 class EvalResult(BaseModel):
@@ -78,7 +76,6 @@ def prediction_rows(
             "malformed": s.malformed,
             "latency_ms": p.latency_ms,
             "confidence": p.confidence,
-            "familiarity": p.familiarity,
             "typicality": p.typicality,
         }
         for instruction, gold, p, s in zip(instructions, golds, predictions, scores)

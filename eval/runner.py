@@ -22,11 +22,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from service.examples import ExampleIndex, examples_of
-from service.intents import Call, decoding_regex, format_calls, try_parse
-from service.modelcard import ModelCard, read_card
+from service.errors import IntentlmError
+from service.intents import Call, decoding_regex, format_calls
+from service.modelcard import ModelCard, is_model_dir, read_card
 from service.prompt import END_OF_TURN, build_prompt
-from service.scope import DEFAULT_OOS_LABEL, Familiarity, OutOfScopeRule
+from service.scope import DEFAULT_OOS_LABEL, OutOfScopeRule
 from service.typicality import HiddenStates, IntentStatistics
 
 if TYPE_CHECKING:
@@ -46,18 +46,17 @@ class Prediction:
     raw: str
     latency_ms: float | None = None
     confidence: float | None = None
-    familiarity: float | None = None
     typicality: float | None = None
 
 
-class RunnerError(RuntimeError):
+class RunnerError(IntentlmError, RuntimeError):
     """The predictions could not be produced (unreachable service, refused token, bad model directory)."""
 
 
 def model_card(model_dir: str | os.PathLike[str]) -> ModelCard:
     """The card of a model directory, or the defaults (with a warning) for a plain HF directory."""
     model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
+    if not is_model_dir(model_dir):
         raise RunnerError(f"{model_dir} is not a model directory (no config.json)")
     card = read_card(model_dir)
     if card is None:
@@ -111,8 +110,8 @@ def predict_with_model(
     per-request grammar, ``service.intents.decoding_regex``). ``system_prompt`` and
     ``args_from_text`` (None: the card's) override the card's; so does ``oos_rule`` (None: the
     card's calibrated thresholds): an answer it rejects becomes ``oos_label()``, as
-    the server answers (``raw`` keeps what the model wrote). Each answer's familiarity is scored
-    when the card has a vocabulary, its typicality when the model has statistics (service.typicality).
+    the server answers (``raw`` keeps what the model wrote). Each answer's typicality is scored when
+    the model has statistics (service.typicality).
     Pass ``llm`` to reuse a loaded engine (it must hold ``model_dir``).
     """
     from vllm import SamplingParams
@@ -144,7 +143,6 @@ def predict_with_model(
         )
         for instruction in instructions
     ]
-    index = ExampleIndex.load(model_dir)
     prompts = [
         TokensPrompt(prompt_token_ids=tokenizer.encode(
             build_prompt(
@@ -152,25 +150,20 @@ def predict_with_model(
                 system_prompt=card.system_prompt if system_prompt is None else system_prompt,
                 apply_chat_template=card.apply_chat_template,
                 tokenizer=tokenizer,
-                examples=examples_of(index, instruction),
             ),
             add_special_tokens=False,
         ))
         for instruction in instructions
     ]
     outputs = llm.generate(prompts, params, use_tqdm=progress)
-    familiarity = Familiarity(card.vocabulary) if card.vocabulary is not None else None
     predictions = [_from_output(out, tokenizer, card.confidence_temperature) for out in outputs]
-    if familiarity is not None:
-        predictions = [replace(p, familiarity=familiarity.score(instruction, try_parse(p.raw.strip()) or []))
-                       for p, instruction in zip(predictions, instructions)]
     statistics = IntentStatistics.load(model_dir)
     if statistics is not None:
         states = HiddenStates(model_dir)([p["prompt_token_ids"] for p in prompts])
         predictions = [replace(p, typicality=float(t)) for p, t in zip(predictions, statistics.typicality(states))]
     return [
         replace(p, text=f"{oos_label}()")
-        if p.confidence is not None and rule.rejects(p.confidence, p.familiarity, p.typicality) else p
+        if p.confidence is not None and rule.rejects(p.confidence, p.typicality) else p
         for p in predictions
     ]
 
@@ -231,7 +224,13 @@ async def _predict_with_url(
 ) -> list[Prediction]:
     from tqdm import tqdm
 
-    from clients import AsyncIntentClient, AuthError, ConnectionError, IntentLMError, NotFoundError
+    from clients import (
+        AsyncIntentClient,
+        AuthError,
+        ConnectionError,
+        IntentLMError,
+        NotFoundError,
+    )
 
     limit = asyncio.Semaphore(concurrency)
 
@@ -249,7 +248,7 @@ async def _predict_with_url(
                 calls = [Call(i.name, tuple(i.args)) for i in reply.intents]
                 prediction = Prediction(text=format_calls(calls) if calls else reply.raw, raw=reply.raw,
                                         latency_ms=(time.perf_counter() - start) * 1000,
-                                        confidence=reply.confidence, familiarity=reply.familiarity,
+                                        confidence=reply.confidence,
                                         typicality=reply.typicality)
             bar.update()
             return prediction

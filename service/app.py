@@ -27,7 +27,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import metrics
 from service.config import Settings
-from service.engine import IntentEngine, ServiceError
+from service.engine import IntentEngine
+from service.errors import ServiceError
 from service.routes import WEB_DIR, OrjsonResponse, api, ops
 
 log = logging.getLogger("intentlm.app")

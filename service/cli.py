@@ -6,36 +6,40 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 import click
 
 
+def settings_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """One flag per ``Settings`` field, its help text the field's description: the settings model is the
+    only place a knob, its default and its INTENTLM_ variable are written down."""
+    from service.config import Settings
+
+    for name, field in reversed(Settings.model_fields.items()):
+        flag = "--" + name.replace("_", "-")
+        default = field.default.get_secret_value() if hasattr(field.default, "get_secret_value") else field.default
+        shown = "unset" if default is None else default
+        help_text = f"{field.description} [INTENTLM_{name.upper()}; default: {shown}]"
+        annotation = field.annotation
+        if annotation is bool:
+            decls, kwargs = [f"{flag}/--no-{flag[2:]}"], {"default": None}
+        elif get_origin(annotation) is Literal:
+            decls, kwargs = [flag], {"type": click.Choice(get_args(annotation))}
+        else:
+            kind = next((t for t in (get_args(annotation) or (annotation,)) if t is not type(None)), str)
+            decls, kwargs = [flag], {"type": _CLICK_TYPES.get(kind, str)}
+        command = click.option(*decls, name, help=help_text, **kwargs)(command)
+    return command
+
+
+_CLICK_TYPES: dict[Any, Any] = {int: int, float: float, Path: click.Path(path_type=Path, file_okay=False)}
+
+
 @click.command()
-@click.option("--model", type=click.Path(path_type=Path, file_okay=False), help="Model directory (default: demo model, else base model).")
-@click.option("--host", help="Interface to listen on [INTENTLM_HOST, 127.0.0.1].")
-@click.option("--port", type=int, help="Port [INTENTLM_PORT, 8000].")
-@click.option("--api-token", help="Require this token on the API [INTENTLM_API_TOKEN].")
-@click.option("--max-model-len", type=int, help="Context length in tokens [2048].")
-@click.option("--max-in-flight", type=int, help="Requests generating at once (vLLM batch) [64].")
-@click.option("--max-queued", type=int, help="Requests waiting for a slot before 503 [192].")
-@click.option("--request-timeout", "request_timeout_s", type=float, help="Seconds before 504 [30].")
-@click.option("--max-new-tokens-cap", type=int, help="Upper bound on any request's max_new_tokens [256].")
-@click.option("--intent-max-tokens", type=int, help="Answer budget of /v1/intents in tokens [64].")
-@click.option("--oos-threshold", type=float,
-              help="Confidence below which /v1/intents answers oos() [default: the card's calibrated one, else 0: off].")
-@click.option("--familiarity-threshold", type=float,
-              help="Familiarity (share of the request's words seen in training) below which /v1/intents answers "
-                   "oos() [default: the card's calibrated one, else 0: off].")
-@click.option("--typicality-threshold", type=float,
-              help="Typicality (closeness of the prompt's hidden state to the training requests) below which "
-                   "/v1/intents answers oos() [default: the card's (training's, or calibrated), else 0: off].")
-@click.option("--typicality/--no-typicality", default=None,
-              help="Score typicality when the model has typicality.npz (a second, transformers copy of "
-                   "the model) [on].")
-@click.option("--dtype", help="Weights dtype for vLLM [auto].")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="[info]")
+@settings_options
 def serve(**flags: Any) -> None:
     """Serve a model: EAS-compatible POST /, POST /v1/intents, /metrics, /health/*, /ui.
 
@@ -82,7 +86,7 @@ def run_server(settings: Any, model_dir: Path) -> int:
         port=settings.port,
         log_level=settings.log_level,
         access_log=False,  # /metrics counts every request; a log line each costs CPU we need
-        timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
+        timeout_graceful_shutdown=int(settings.request_timeout) + 5,
     )
     server = DrainingServer(config)
     app.state.on_fatal = lambda: setattr(server, "should_exit", True)

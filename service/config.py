@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.modelcard import base_model_dir, demo_model_dir
+from service.errors import IntentlmError
+from service.modelcard import base_model_dir, demo_model_dir, is_model_dir
 from service.scope import DEFAULT_OOS_LABEL
 
 
-class ModelNotFoundError(RuntimeError):
+class ModelNotFoundError(IntentlmError, RuntimeError):
     """No model directory was given and no prepared one exists."""
 
 
@@ -25,8 +27,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="INTENTLM_", extra="ignore")
 
     model: Path | None = Field(None, description="Model directory; default: the demo model, else the base model.")
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
+    host: str = Field("127.0.0.1", description="Interface to listen on (0.0.0.0: every interface).")
+    port: int = Field(8000, ge=0, le=65535, description="Port to listen on.")
     api_token: SecretStr | None = Field(None, description="When set, every route but health and metrics needs it.")
 
     # Engine. A short context keeps the KV cache small; intent prompts are a few dozen tokens.
@@ -39,7 +41,7 @@ class Settings(BaseSettings):
     # Admission control: past max_in_flight + max_queued admitted requests, answer 503 at once.
     max_in_flight: int = Field(64, ge=1, description="Requests generating at once: vLLM's max_num_seqs.")
     max_queued: int = Field(192, ge=0, description="Requests waiting for a batch slot before 503.")
-    request_timeout_s: float = Field(30.0, gt=0, description="A request running longer is aborted with 504.")
+    request_timeout: float = Field(30.0, gt=0, description="Seconds after which a request is aborted with 504.")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Larger request bodies get 413.")
 
     # Generation.
@@ -48,16 +50,11 @@ class Settings(BaseSettings):
     )
     intent_max_tokens: int = Field(64, ge=1, description="Answer budget of /v1/intents.")
     oos_label: str = Field(
-        DEFAULT_OOS_LABEL, description="Intent returned when confidence, familiarity or typicality is below its threshold.")
+        DEFAULT_OOS_LABEL, description="Intent returned when confidence or typicality is below its threshold.")
     oos_threshold: float | None = Field(
         None, ge=0, le=1,
         description="Below this confidence the answer is out-of-scope; unset: the model card's calibrated "
         "threshold (`intentlm eval --calibrate`), else 0 = off.",
-    )
-    familiarity_threshold: float | None = Field(
-        None, ge=0, le=1,
-        description="Below this familiarity (the share of the request's words seen in training) the answer is "
-        "out-of-scope; unset: the model card's calibrated threshold, else 0 = off.",
     )
     typicality_threshold: float | None = Field(
         None, ge=0, le=1,
@@ -72,14 +69,14 @@ class Settings(BaseSettings):
         "on a 2-core CPU ~40 % more latency and half the throughput (BENCHMARKS.md, Typicality).",
     )
 
-    # CPU: the KV cache vLLM reserves, in GiB (VLLM_CPU_KVCACHE_SPACE), when the variable is unset.
-    cpu_kvcache_gib: int = Field(1, ge=1)
-    # CPU: cores vLLM keeps away from its engine for the API process (VLLM_CPU_NUM_OF_RESERVED_CPU),
-    # when the variable is unset. vLLM's own default reserves one, which on a 2-core machine halves
-    # the engine's compute while the API process needs little: 0 measured 1.5x the throughput at
-    # concurrency 32 there (BENCHMARKS.md, Serving).
-    cpu_reserved_cores: int = Field(0, ge=0)
-    log_level: str = "info"
+    cpu_kvcache_gib: int = Field(
+        1, ge=1, description="CPU only: the KV cache vLLM reserves, in GiB (VLLM_CPU_KVCACHE_SPACE, when unset).")
+    # vLLM's own default reserves one core, which on a 2-core machine halves the engine's compute while the
+    # API process needs little: 0 measured 1.5x the throughput at concurrency 32 there (BENCHMARKS.md, Serving).
+    cpu_reserved_cores: int = Field(
+        0, ge=0, description="CPU only: cores vLLM keeps away from its engine for the API process "
+        "(VLLM_CPU_NUM_OF_RESERVED_CPU, when unset).")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
 
     @property
     def max_admitted(self) -> int:
@@ -89,11 +86,11 @@ class Settings(BaseSettings):
         """The model directory to serve: the one given, else the demo model, else the base model."""
         if self.model is not None:
             path = self.model.expanduser()
-            if not (path / "config.json").is_file():
+            if not is_model_dir(path):
                 raise ModelNotFoundError(f"{path} is not a model directory (no config.json)")
             return path
         for candidate in (demo_model_dir(), base_model_dir()):
-            if (candidate / "config.json").is_file():
+            if is_model_dir(candidate):
                 return candidate
         raise ModelNotFoundError(
             f"no model to serve: pass --model DIR, or run `intentlm model prepare` to create "

@@ -15,13 +15,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from service.errors import IntentlmError
 from service.intents import Call, IntentParseError, parse
 from service.modelcard import atomic_write_bytes
 
 REQUIRED_FIELDS = ("instruction", "output")
 
 
-class DatasetError(ValueError):
+def same_text_key(text: str) -> str:
+    """``text`` ignoring case and runs of whitespace: how instructions are compared by the data's strategy
+    check (training.data.check) and split (training.data.split)."""
+    return " ".join(text.split()).casefold()
+
+
+class DatasetError(IntentlmError, ValueError):
     """A dataset file breaks the contract; the message names the file, line, record (1-based) and field."""
 
     def __init__(self, path: str | os.PathLike[str], message: str, *, line: int | None = None,

@@ -22,12 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 from service import metrics
 from service.config import Settings
-from service.examples import ExampleIndex, examples_of
+from service.errors import ServiceError
 from service.intents import decoding_regex, try_parse
 from service.modelcard import ModelCard, read_card
 from service.prompt import END_OF_TURN, build_prompt, fold_history
 from service.protocol import EasRequest, IntentCall, IntentPrediction
-from service.scope import Familiarity
 from service.typicality import TypicalityScorer
 
 if TYPE_CHECKING:
@@ -35,20 +34,6 @@ if TYPE_CHECKING:
     from vllm.v1.engine.async_llm import AsyncLLM
 
 log = logging.getLogger("intentlm.engine")
-
-
-class ServiceError(Exception):
-    """An error with its HTTP status and the DESIGN §5 body (``code``, ``message``, ``field``)."""
-
-    def __init__(
-        self, status: int, code: str, message: str, *, field: str | None = None, retry_after: int | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.field = field
-        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -138,11 +123,8 @@ class IntentEngine:
         self._free_intent_params.structured_outputs = None
         self._kinds = RequestOutputKind
         self._known_intents = set(card.intents) | {settings.oos_label}
-        self.oos_rule = card.oos_rule(settings.oos_threshold, settings.familiarity_threshold,
-                                      settings.typicality_threshold)
-        self.familiarity = Familiarity(card.vocabulary) if card.vocabulary is not None else None
+        self.oos_rule = card.oos_rule(settings.oos_threshold, settings.typicality_threshold)
         self.typicality = typicality
-        self.examples = ExampleIndex.load(model_dir)
         metrics.MODEL_INFO.info(
             {
                 "name": model_dir.name,
@@ -201,7 +183,6 @@ class IntentEngine:
             history=history,
             apply_chat_template=self.card.apply_chat_template,
             tokenizer=self.tokenizer,
-            examples=examples_of(self.examples, fold_history(text, history)),
         )
         ids = self.tokenizer.encode(prompt, add_special_tokens=False)
         if len(ids) >= self.settings.max_model_len:
@@ -292,12 +273,11 @@ class IntentEngine:
             self.encode(text, system_prompt=system_prompt, history=history, field=field)
             for text, field in zip(texts, fields)
         ]
-        folded = [fold_history(text, history) for text in texts]
-        params = [self.intent_params(text, constrained) for text in folded]
+        params = [self.intent_params(fold_history(text, history), constrained) for text in texts]
         if len(prompts) == 1:
-            return [await self._label(prompts[0], params[0], folded[0], constrained, route, start)]
+            return [await self._label(prompts[0], params[0], constrained, route, start)]
         return list(await asyncio.gather(
-            *(self._label(ids, p, text, constrained, route, start) for ids, p, text in zip(prompts, params, folded))
+            *(self._label(ids, p, constrained, route, start) for ids, p in zip(prompts, params))
         ))
 
     def intent_params(self, text: str, constrained: bool) -> SamplingParams:
@@ -315,9 +295,9 @@ class IntentEngine:
         return params
 
     async def _label(
-        self, ids: list[int], params: SamplingParams, text: str, constrained: bool, route: str, start: float
+        self, ids: list[int], params: SamplingParams, constrained: bool, route: str, start: float
     ) -> IntentPrediction:
-        """Decode one prompt, parse, score, apply the out-of-scope rule (``text``: the utterance, history folded).
+        """Decode one prompt, parse, score, apply the out-of-scope rule.
 
         The typicality forward pass runs beside the generation, not after it."""
         generation, typicality = await asyncio.gather(self._final(ids, params, route=route),
@@ -332,9 +312,8 @@ class IntentEngine:
             calls = []
         confidence = intent_confidence(generation.token_ids, generation.logprobs, self.tokenizer,
                                        self.card.confidence_temperature)
-        familiarity = self.familiarity.score(text, calls) if self.familiarity is not None else None
         intents = [IntentCall(name=c.name, args=list(c.args)) for c in calls]
-        rejection = self.oos_rule.rejection(confidence, familiarity, typicality) if calls else None
+        rejection = self.oos_rule.rejection(confidence, typicality) if calls else None
         if rejection is not None:
             intents = [IntentCall(name=self.settings.oos_label, args=[])]
         if route != "warmup":
@@ -346,7 +325,6 @@ class IntentEngine:
             intents=intents,
             raw=raw,
             confidence=round(confidence, 6),
-            familiarity=None if familiarity is None else round(familiarity, 6),
             typicality=None if typicality is None else round(typicality, 6),
             latency_ms=round((time.perf_counter() - start) * 1000, 3),
         )

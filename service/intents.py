@@ -24,6 +24,8 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from service.errors import IntentlmError
+
 # A letter or underscore (any script), then letters, digits, '_', '-', '.'.
 _NAME = re.compile(r"[^\W\d][\w.\-]*")
 _ARG_RUN = re.compile(r"[^,();]*")  # the stretch of an argument up to its next delimiter
@@ -40,7 +42,7 @@ class Call:
         return f"{self.name}({','.join(self.args)})"
 
 
-class IntentParseError(ValueError):
+class IntentParseError(IntentlmError, ValueError):
     """The text is not a valid output; ``position`` is the 0-based character offset of the problem."""
 
     def __init__(self, text: str, position: int, reason: str) -> None:

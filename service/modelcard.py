@@ -18,10 +18,18 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from service.errors import IntentlmError
 from service.prompt import DEFAULT_SYSTEM_PROMPT
-from service.scope import OutOfScopeRule, Vocabulary
+from service.scope import OutOfScopeRule
 
-CARD_FILE = "intentlm.json"
+# The model directory's own files (DESIGN §4), named here and nowhere else. Besides them: the Hugging Face
+# weights, tokenizer and chat template, which vLLM and transformers read themselves.
+CONFIG_FILE = "config.json"  # the Hugging Face config: what makes a directory a model directory
+CARD_FILE = "intentlm.json"  # the card (``ModelCard``)
+STATS_FILE = "typicality.npz"  # the typicality statistics (service.typicality); not .safetensors: vLLM
+# would load every .safetensors file of the directory as weights
+ADAPTER_DIR = "adapter"  # a LoRA run's adapter, kept beside the merged weights
+TENSORBOARD_DIR = "tensorboard"  # the run's TensorBoard logs, unless the user sent them elsewhere
 CARD_FORMAT = 1
 BASE_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEMO_MODEL_NAME = "smarthome-demo"
@@ -54,11 +62,6 @@ class ModelCard(BaseModel):
     # The calibrated out-of-scope threshold on the intent confidence (`intentlm eval --calibrate`);
     # the server's default when INTENTLM_OOS_THRESHOLD is unset. None: not calibrated.
     oos_threshold: float | None = Field(None, ge=0, le=1)
-    # The training instructions' words (service.scope), written by training; None: no familiarity score.
-    vocabulary: Vocabulary | None = None
-    # The calibrated out-of-scope threshold on the familiarity score (`intentlm eval --calibrate`); the
-    # server's default when INTENTLM_FAMILIARITY_THRESHOLD is unset. None: not calibrated.
-    familiarity_threshold: float | None = Field(None, ge=0, le=1)
     # The out-of-scope threshold on the hidden-state typicality (service.typicality, whose statistics
     # training writes to typicality.npz): set by training from the training requests' cross-fitted scores,
     # refined by `intentlm eval --calibrate`; the server's default when INTENTLM_TYPICALITY_THRESHOLD is
@@ -72,13 +75,12 @@ class ModelCard(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict)
     created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
-    def oos_rule(self, confidence_threshold: float | None = None, familiarity_threshold: float | None = None,
+    def oos_rule(self, confidence_threshold: float | None = None,
                  typicality_threshold: float | None = None) -> OutOfScopeRule:
         """The out-of-scope rule: each threshold as given (an operator's setting), else the calibrated
         one of this card, else 0 (off)."""
         return OutOfScopeRule(
             confidence_threshold=_first_set(confidence_threshold, self.oos_threshold),
-            familiarity_threshold=_first_set(familiarity_threshold, self.familiarity_threshold),
             typicality_threshold=_first_set(typicality_threshold, self.typicality_threshold),
         )
 
@@ -87,8 +89,13 @@ def _first_set(*thresholds: float | None) -> float:
     return next((t for t in thresholds if t is not None), 0.0)
 
 
-class ModelCardError(ValueError):
+class ModelCardError(IntentlmError, ValueError):
     """``intentlm.json`` exists but cannot be used."""
+
+
+def is_model_dir(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a model directory that vLLM and transformers can load (it has a config)."""
+    return (Path(path) / CONFIG_FILE).is_file()
 
 
 def read_card(model_dir: str | os.PathLike[str]) -> ModelCard | None:

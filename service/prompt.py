@@ -9,7 +9,7 @@ reference's ``apply_chat_template: false`` trains on the raw text.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 END_OF_TURN = "<|im_end|>"
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant"
@@ -42,31 +42,21 @@ def fold_history(instruction: str, history: History) -> str:
     return " ".join([*turns, instruction.strip()])
 
 
-def with_examples(instruction: str, examples: Sequence[tuple[str, str]]) -> str:
-    """The user turn of a model trained with retrieved examples (service.examples): the training records most
-    like the request, with their answers, then the request."""
-    if not examples:
-        return instruction
-    shown = "".join(f"{text} => {answer}\n" for text, answer in examples)
-    return f"Similar requests:\n{shown}Request: {instruction}"
-
-
 def messages_for(
     instruction: str,
     *,
     system_prompt: str = DEFAULT_SYSTEM_PROMPT,
     history: History = (),
     history_mode: HistoryMode = "fold",
-    examples: Sequence[tuple[str, str]] = (),
 ) -> list[dict[str, str]]:
-    """The chat turns of one request: system, (past turns in chat mode), user (after its ``examples``)."""
+    """The chat turns of one request: system, (past turns in chat mode), user."""
     messages = [{"role": "system", "content": system_prompt}]
     if history_mode == "chat":
         for user, assistant in history:
             messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
-        messages.append({"role": "user", "content": with_examples(instruction, examples)})
+        messages.append({"role": "user", "content": instruction})
     else:
-        messages.append({"role": "user", "content": with_examples(fold_history(instruction, history), examples)})
+        messages.append({"role": "user", "content": fold_history(instruction, history)})
     return messages
 
 
@@ -78,17 +68,23 @@ def build_prompt(
     apply_chat_template: bool = True,
     tokenizer: ChatTokenizer | None = None,
     history_mode: HistoryMode = "fold",
-    examples: Sequence[tuple[str, str]] = (),
 ) -> str:
     """The text the model continues with its answer."""
     if not apply_chat_template:
-        return with_examples(fold_history(instruction, history), examples) + "\n"
-    messages = messages_for(
-        instruction, system_prompt=system_prompt, history=history, history_mode=history_mode, examples=examples
-    )
+        return fold_history(instruction, history) + "\n"
+    messages = messages_for(instruction, system_prompt=system_prompt, history=history, history_mode=history_mode)
     if tokenizer is not None and getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return chatml(messages)
+
+
+def prompt_token_ids(instructions: Sequence[str], tokenizer: Any, *, system_prompt: str,
+                     apply_chat_template: bool) -> list[list[int]]:
+    """The token ids of the instructions' prompts, as the server renders and tokenizes them (no special tokens
+    added: the chat template writes them). Training and the data check measure prompts through this."""
+    prompts = [build_prompt(text, system_prompt=system_prompt, apply_chat_template=apply_chat_template,
+                            tokenizer=tokenizer) for text in instructions]
+    return tokenizer(prompts, add_special_tokens=False)["input_ids"]
 
 
 def build_target(output: str, *, end_of_turn: str = END_OF_TURN) -> str:

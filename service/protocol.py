@@ -94,9 +94,6 @@ class IntentPrediction(BaseModel):
     intents: list[IntentCall]
     raw: str
     confidence: float = Field(description="Calibrated probability that the intent names are right.")
-    familiarity: float | None = Field(
-        None, description="Share of the request's words seen in training (service.scope); null when the model "
-        "card has no vocabulary.")
     typicality: float | None = Field(
         None, description="Closeness of the prompt's hidden state to the training requests of its nearest intent "
         "(service.typicality), in (0, 1]; null when the model has no typicality statistics.")

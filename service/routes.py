@@ -15,11 +15,24 @@ from typing import Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import (
+    FileResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
 
 from service import metrics
-from service.engine import IntentEngine, ServiceError
-from service.protocol import EasRequest, EasResponse, ErrorBody, IntentPrediction, IntentsRequest
+from service.engine import IntentEngine
+from service.errors import ServiceError
+from service.protocol import (
+    EasRequest,
+    EasResponse,
+    ErrorBody,
+    IntentPrediction,
+    IntentsRequest,
+)
 
 WEB_DIR = Path(__file__).parent / "web"
 T = TypeVar("T")
@@ -99,7 +112,7 @@ _STREAM = {"schema": {"type": "string", "format": "binary",
 )
 async def eas(body: EasRequest, request: Request, engine: IntentEngine = Depends(ready_engine)) -> Response:
     ids, params = engine.prepare_chat(body)
-    timeout_s = request.app.state.settings.request_timeout_s
+    timeout_s = request.app.state.settings.request_timeout
     if body.use_stream_chat:
         engine.admission.check(1)
         return StreamingResponse(_eas_stream(engine, body, ids, params, timeout_s), media_type="application/octet-stream")
@@ -140,7 +153,7 @@ async def intents(body: IntentsRequest, request: Request, engine: IntentEngine =
     if texts is None:
         raise ServiceError(422, "invalid_request", "give exactly one of 'text' or 'texts'", field="text")
     kwargs = {"history": body.history, "system_prompt": body.system_prompt, "constrained": body.constrained}
-    timeout_s = request.app.state.settings.request_timeout_s
+    timeout_s = request.app.state.settings.request_timeout
     with engine.admission.slots(len(texts)):
         if body.text is not None:
             one = await until_disconnect(request, engine.predict(body.text, **kwargs), timeout_s)

@@ -38,8 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-# Not a .safetensors file: vLLM loads every one in the model directory as weights.
-STATS_FILE = "typicality.npz"
+from service.modelcard import STATS_FILE, atomic_write_bytes
+
 SHRINKAGE = 0.1  # chosen on the held-out intents of bench/accuracy.md §6 (0.01-0.5 all within 3 points)
 FOLDS = 20  # for ``held_out``; fewer folds fit on less data and score lower (bench/accuracy.md §9)
 BATCH = 16
@@ -93,7 +93,6 @@ class IntentStatistics:
 
     def save(self, model_dir: str | os.PathLike[str]) -> Path:
         """Write ``typicality.npz`` atomically into ``model_dir``."""
-        from service.modelcard import atomic_write_bytes
 
         path = Path(model_dir) / STATS_FILE
         buffer = io.BytesIO()
@@ -104,13 +103,12 @@ class IntentStatistics:
 
     @classmethod
     def load(cls, model_dir: str | os.PathLike[str]) -> IntentStatistics | None:
-        """The statistics of a model directory; None when it has none (trained before intentlm wrote them)."""
+        """The statistics of a model directory; None when it has none (no typicality score)."""
         path = Path(model_dir) / STATS_FILE
         if not path.is_file():
             return None
         with np.load(path, allow_pickle=False) as f:
-            held_out = f["held_out"] if "held_out" in f.files else np.empty(0, dtype=np.float32)  # older files
-            return cls(tuple(str(i) for i in f["intents"]), f["means"], f["precision"], held_out)
+            return cls(tuple(str(i) for i in f["intents"]), f["means"], f["precision"], f["held_out"])
 
 
 class HiddenStates:

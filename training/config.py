@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from service.errors import IntentlmError
 from service.prompt import DEFAULT_SYSTEM_PROMPT
 
 PresetName = Literal["intent", "full", "lora", "qlora", "none"]
@@ -50,7 +51,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 MIN_STEPS_PER_EPOCH = 32
 
 
-class ConfigError(ValueError):
+class ConfigError(IntentlmError, ValueError):
     """A config source names an unknown knob or a value out of range; the message says which."""
 
 
@@ -80,12 +81,6 @@ class TrainConfig(BaseModel):
     compose_multi_intent: float = Field(
         0.0, ge=0, le=4, description="Add two-call records composed from single-call ones (joined as the data's "
         "own multi-call records are), as this share of the records; 0 = off (training/data/compose.py).")
-    retrieved_examples: int = Field(
-        0, ge=0, le=8, description="Show this many of the training records most like each request, with their "
-        "answers, in its prompt (kept in the model's examples.json; service/examples.py); 0 = off.")
-    synthetic_oos: float = Field(
-        0.0, ge=0, le=1, description="Add requests written by the base model on generic topics, answered oos(), "
-        "as this share of the records; 0 = off (training/data/synthetic_oos.py).")
     lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
     lr_scheduler_type: str = Field("cosine", description="transformers scheduler name (linear, cosine, constant...).")
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Fraction of the steps spent warming up the learning rate.")
@@ -126,8 +121,8 @@ def knob_names() -> list[str]:
 
 
 def normalize_key(key: str) -> str:
-    """``--learning-rate`` and ``--learning_rate`` name the same knob."""
-    return key.lstrip("-").replace("-", "_")
+    """A config file's ``learning-rate`` and ``learning_rate`` name the same knob (YAML writers differ)."""
+    return key.replace("-", "_")
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -215,8 +210,10 @@ def parse_knob_args(args: list[str]) -> dict[str, Any]:
         if not token.startswith("--"):
             raise ConfigError(f"unexpected argument {token!r}; knobs are given as --name VALUE")
         key, has_value, value = token.partition("=")
-        key = normalize_key(key)
+        key = key[2:]
         if key not in TrainConfig.model_fields:
+            if normalize_key(key) in TrainConfig.model_fields:
+                raise ConfigError(f"--{key}: knobs keep the reference's names; spell it --{normalize_key(key)}")
             raise ConfigError(f"unknown knob --{key}; valid knobs: {', '.join(knob_names())}")
         if not has_value:
             if not rest:

@@ -23,30 +23,38 @@ import os
 import shutil
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.examples import ExampleIndex, examples_of
+from service.dataset import Record, file_sha256, load_dataset
+from service.errors import IntentlmError
 from service.intents import args_are_spans
-from service.modelcard import ARGS_FROM_TEXT_SHARE, DataInfo, ModelCard, atomic_directory, read_card, write_card
-from service.prompt import END_OF_TURN, build_prompt, build_target
-from service.scope import DEFAULT_OOS_LABEL, Vocabulary, build_vocabulary
+from service.modelcard import (
+    ADAPTER_DIR,
+    ARGS_FROM_TEXT_SHARE,
+    TENSORBOARD_DIR,
+    DataInfo,
+    ModelCard,
+    atomic_directory,
+    is_model_dir,
+    read_card,
+    write_card,
+)
+from service.prompt import END_OF_TURN, build_prompt, build_target, prompt_token_ids
+from service.scope import DEFAULT_OOS_LABEL
 from service.typicality import IntentStatistics
 from training.config import TrainConfig, fit_batch_to_data
-from training.data.compose import compose_multi_intent, find_joiner
 from training.data.check import check_records
-from training.data.dataset import Record, file_sha256, load_dataset
-from training.data.synthetic_oos import synthetic_oos_records
+from training.data.compose import compose_multi_intent
 
 log = logging.getLogger("intentlm.train")
 
 
 IGNORE_INDEX = -100
-SYNTHETIC_OOS_FILE = "synthetic_oos.json"
 
 
-class TrainError(RuntimeError):
+class TrainError(IntentlmError, RuntimeError):
     """Training cannot start or finish; the message says why and what to do."""
 
 
@@ -72,9 +80,7 @@ class TrainPlan:
     output: Path
     batch_note: str | None
     intents: list[str]
-    index: ExampleIndex | None = None  # the records shown in prompts (``retrieved_examples``)
     composed: int = 0  # synthetic two-call records among the examples (``compose_multi_intent``)
-    synthetic_oos: list[Record] = field(default_factory=list)  # generated oos() records among the examples
 
     @property
     def steps_per_epoch(self) -> int:
@@ -94,7 +100,6 @@ class TrainPlan:
         return {
             "records": len(self.records),
             "records_composed": self.composed,
-            "records_synthetic_oos": len(self.synthetic_oos),
             "records_used": len(self.examples),
             "records_too_long": len(self.skipped),
             "tokens_per_epoch": sum(lengths),
@@ -131,11 +136,12 @@ def end_of_turn(tokenizer: Any, config: TrainConfig) -> str:
     return END_OF_TURN if config.apply_chat_template else tokenizer.eos_token
 
 
-def tokenize(records: list[Record], tokenizer: Any, config: TrainConfig,
-             index: ExampleIndex | None = None) -> tuple[list[Example], list[tuple[int | None, int]]]:
+def tokenize(records: list[Record], tokenizer: Any,
+             config: TrainConfig) -> tuple[list[Example], list[tuple[int | None, int]]]:
     """Prompt and answer are tokenized separately, exactly as the server tokenizes the prompt alone."""
     eot = end_of_turn(tokenizer, config)
-    prompt_ids = prompt_token_ids(records, tokenizer, config.system_prompt, config.apply_chat_template, index)
+    prompt_ids = prompt_token_ids([r.instruction for r in records], tokenizer, system_prompt=config.system_prompt,
+                                  apply_chat_template=config.apply_chat_template)
     answer_ids = tokenizer([build_target(r.output, end_of_turn=eot) for r in records],
                            add_special_tokens=False)["input_ids"]
     examples, skipped = [], []
@@ -147,28 +153,12 @@ def tokenize(records: list[Record], tokenizer: Any, config: TrainConfig,
     return examples, skipped
 
 
-def prompt_token_ids(records: list[Record], tokenizer: Any, system_prompt: str,
-                     apply_chat_template: bool, index: ExampleIndex | None = None) -> list[list[int]]:
-    """The token ids of the records' prompts, as the server renders and tokenizes them."""
-    prompts = [build_prompt(r.instruction, system_prompt=system_prompt, apply_chat_template=apply_chat_template,
-                            tokenizer=tokenizer, examples=examples_of(index, r.instruction)) for r in records]
-    return tokenizer(prompts, add_special_tokens=False)["input_ids"]
-
-
-def example_index(records: list[Record], k: int) -> ExampleIndex | None:
-    """The index a model trained on ``records`` with ``retrieved_examples k`` shows examples from (None for 0)."""
-    return ExampleIndex([(r.instruction, r.output) for r in records], k, find_joiner(records)) if k else None
-
-
 def plan_training(data: Path, output: Path, config: TrainConfig, explicit: set[str], base_model: Path,
                   *, resume: bool = False) -> TrainPlan:
-    """Check every input and tokenize the data; raises TrainError/DatasetError before any training.
-
-    The one compute step here is writing the ``synthetic_oos`` records (seeded, so a --resume writes the same).
-    """
+    """Check every input and tokenize the data; raises TrainError/DatasetError before any training."""
     if output.exists() and not output.is_dir():
         raise TrainError(f"--output {output} exists and is a file; give a directory path")
-    if not (base_model / "config.json").is_file():
+    if not is_model_dir(base_model):
         raise TrainError(f"base model {base_model} not found (no config.json): run `intentlm model prepare` "
                          "or pass --base-model DIR")
     if resume and last_checkpoint(checkpoints_dir(output)) is None:
@@ -182,32 +172,15 @@ def plan_training(data: Path, output: Path, config: TrainConfig, explicit: set[s
                          + "; ".join(issue.message for issue in lint_errors[:5]))
     composed = compose_multi_intent(records, round(config.compose_multi_intent * len(records)), seed=config.seed)
     tokenizer = load_tokenizer(base_model)
-    synthetic = synthetic_oos(records, config, base_model, tokenizer)
-    index = example_index(records, config.retrieved_examples)
-    examples, skipped = tokenize(records + composed + synthetic, tokenizer, config, index)
+    examples, skipped = tokenize(records + composed, tokenizer, config)
     if not examples:
         shortest = min(n for _, n in skipped)
         raise TrainError(f"seq_length {config.seq_length} is below the shortest record ({shortest} tokens "
                          f"with the prompt); use --seq_length {2 ** math.ceil(math.log2(shortest))} or more")
     batch_note = fit_batch_to_data(config, len(examples), explicit, world_size())
-    intents = sorted({call.name for r in records + synthetic for call in r.calls()})
+    intents = sorted({call.name for r in records for call in r.calls()})
     return TrainPlan(config, data, records, examples, skipped, base_model, output, batch_note, intents,
-                     index, len(composed), synthetic)
-
-
-def synthetic_oos(records: list[Record], config: TrainConfig, base_model: Path, tokenizer: Any) -> list[Record]:
-    """The ``synthetic_oos`` share of records, written by the base model and answered with the out-of-scope label."""
-    count = round(config.synthetic_oos * len(records))
-    if not count:
-        return []
-    if not getattr(tokenizer, "chat_template", None):
-        raise TrainError(f"synthetic_oos needs an instruct base model with a chat template; {base_model} has none "
-                         "(use --synthetic_oos 0)")
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=compute_dtype(config))
-    model.eval()
-    return synthetic_oos_records(records, count, model, tokenizer, label=DEFAULT_OOS_LABEL, seed=config.seed)
+                     len(composed))
 
 
 def check_quantization_backend() -> None:
@@ -404,7 +377,7 @@ def train(plan: TrainPlan, *, resume: bool = False, tensorboard_dir: Path | None
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "train_config.json").write_text(config.model_dump_json(indent=2))
-    tb_dir = tensorboard_dir or run_dir / "tensorboard"
+    tb_dir = tensorboard_dir or run_dir / TENSORBOARD_DIR
     torch.manual_seed(config.seed)
     model = load_model(plan)
     tokenizer = load_tokenizer(plan.base_model)
@@ -436,7 +409,7 @@ def train(plan: TrainPlan, *, resume: bool = False, tensorboard_dir: Path | None
     }
     if not trainer.is_world_process_zero():
         return ModelCard()
-    adapter_dir = run_dir / "adapter"
+    adapter_dir = run_dir / ADAPTER_DIR
     if config.is_lora:
         trainer.model.save_pretrained(adapter_dir)
     card = ModelCard(
@@ -445,7 +418,6 @@ def train(plan: TrainPlan, *, resume: bool = False, tensorboard_dir: Path | None
         apply_chat_template=config.apply_chat_template,
         intents=plan.intents,
         args_from_text=args_from_text(plan.records),
-        vocabulary=training_vocabulary(plan.records),
         train_config={**config.model_dump(), "mode": config.mode, "global_batch": plan.global_batch},
         data=DataInfo(file=str(plan.data_file.resolve()), sha256=file_sha256(plan.data_file),
                       records=len(plan.records)),
@@ -456,22 +428,17 @@ def train(plan: TrainPlan, *, resume: bool = False, tensorboard_dir: Path | None
     merged = merge_adapter(plan.base_model, adapter_dir) if config.is_lora else trainer.model
     with atomic_directory(plan.output) as tmp:
         save_model_dir(merged, plan.base_model, tmp)
-        if plan.index is not None:
-            plan.index.save(tmp)
         statistics = typicality_statistics(tmp, plan.records, card)
         if statistics is not None:
             statistics.save(tmp)
             card.typicality_threshold = typicality_threshold(statistics)
         if config.is_lora:  # the adapter too: small, and what `intentlm model prepare` bundles for the demo
-            shutil.copytree(adapter_dir, tmp / "adapter")
-        if plan.synthetic_oos:  # what the model was taught to answer oos(), for review
-            (tmp / SYNTHETIC_OOS_FILE).write_text(
-                json.dumps([r.to_json() for r in plan.synthetic_oos], indent=1, ensure_ascii=False) + "\n")
+            shutil.copytree(adapter_dir, tmp / ADAPTER_DIR)
         if eval_data is not None:
             card.metrics["eval"] = evaluate_model(tmp, eval_data, card)
         write_card(tmp, card)
         if tensorboard_dir is None and tb_dir.is_dir():
-            shutil.copytree(tb_dir, tmp / "tensorboard")
+            shutil.copytree(tb_dir, tmp / TENSORBOARD_DIR)
     shutil.rmtree(run_dir, ignore_errors=True)
     return card
 
@@ -483,13 +450,8 @@ def args_from_text(records: list[Record]) -> bool:
 
 def in_scope(records: list[Record]) -> list[Record]:
     """The records the out-of-scope scores learn "in scope" from: the user's records answered with the
-    out-of-scope label, and the synthetic ones, teach the model what is *not* in scope."""
+    out-of-scope label teach the model what is *not* in scope."""
     return [r for r in records if any(c.name != DEFAULT_OOS_LABEL for c in r.calls())]
-
-
-def training_vocabulary(records: list[Record]) -> Vocabulary:
-    """The familiarity vocabulary (service.scope) of the data's in-scope records."""
-    return build_vocabulary((r.instruction, r.calls()) for r in in_scope(records))
 
 
 def typicality_statistics(model_dir: Path, records: list[Record], card: ModelCard) -> IntentStatistics | None:
@@ -502,8 +464,8 @@ def typicality_statistics(model_dir: Path, records: list[Record], card: ModelCar
     if len(kept) < 2:
         log.warning("fewer than two in-scope records: the model gets no typicality statistics")
         return None
-    prompts = prompt_token_ids(kept, load_tokenizer(model_dir), card.system_prompt, card.apply_chat_template,
-                               ExampleIndex.load(model_dir))
+    prompts = prompt_token_ids([r.instruction for r in kept], load_tokenizer(model_dir),
+                               system_prompt=card.system_prompt, apply_chat_template=card.apply_chat_template)
     states = HiddenStates(model_dir)(prompts)
     return IntentStatistics.fit(states, [next(c.name for c in r.calls() if c.name != DEFAULT_OOS_LABEL)
                                          for r in kept])
@@ -558,9 +520,8 @@ def generate(model_dir: Path, instructions: list[str], card: ModelCard, *, batch
     tokenizer.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=compute_dtype(TrainConfig()))
     model.eval()
-    index = ExampleIndex.load(model_dir)
     prompts = [build_prompt(text, system_prompt=card.system_prompt, apply_chat_template=card.apply_chat_template,
-                            tokenizer=tokenizer, examples=examples_of(index, text)) for text in instructions]
+                            tokenizer=tokenizer) for text in instructions]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     answers: list[str] = [""] * len(prompts)
     with torch.inference_mode():
@@ -627,8 +588,7 @@ def describe(plan: TrainPlan) -> list[str]:
     """The lines logged before training starts."""
     stats = plan.token_stats()
     lines = [f"{plan.config.mode} fine-tuning of {plan.base_model} on {plan.data_file}: "
-             f"{stats['records_used']} records ({plan.composed} composed, {len(plan.synthetic_oos)} synthetic "
-             f"out-of-scope), {stats['tokens_per_epoch']} tokens/epoch "
+             f"{stats['records_used']} records ({plan.composed} composed), {stats['tokens_per_epoch']} tokens/epoch "
              f"({stats['answer_tokens_per_epoch']} answer tokens scored), {len(plan.intents)} intents"]
     if plan.batch_note:
         lines.append(plan.batch_note)

@@ -26,7 +26,6 @@ function show(answer) {
     chips.append(none);
   }
   $("confidence").textContent = `${(answer.confidence * 100).toFixed(1)} %`;
-  $("familiarity").textContent = answer.familiarity == null ? "—" : `${(answer.familiarity * 100).toFixed(0)} %`;
   $("typicality").textContent = answer.typicality == null ? "—" : answer.typicality.toFixed(2);
   $("latency").textContent = `${answer.latency_ms.toFixed(0)} ms`;
   $("raw").textContent = answer.raw;

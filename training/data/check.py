@@ -33,9 +33,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from service.examples import same_text_key
+from service.dataset import Record, same_text_key
 from service.intents import IntentParseError, format_calls, parse
-from training.data.dataset import Record
 
 Severity = Literal["error", "warning", "info"]
 
@@ -216,32 +215,35 @@ def check_records(records: list[Record], *, file: str = "") -> Report:
     return report
 
 
-def measure_tokens(records: list[Record], tokenizer_dir: str | os.PathLike[str], seq_length: int,
-                   retrieved_examples: int = 0) -> TokenStats:
-    """Token lengths of prompt + answer with the model's own prompt (system prompt, chat template), and with
-    ``retrieved_examples`` examples in each prompt, as training builds them.
+def measure_tokens(records: list[Record], model_dir: str | os.PathLike[str], seq_length: int) -> TokenStats:
+    """Token lengths of prompt + answer with the model's own tokenizer and prompt (system prompt, chat template),
+    as training builds them.
 
     Imports transformers, so only runs when asked or when a tokenizer is available.
     """
     from transformers import AutoTokenizer
 
     from service.modelcard import read_card
-    from service.prompt import DEFAULT_SYSTEM_PROMPT, END_OF_TURN, build_target
-    from training.trainer import example_index, prompt_token_ids
+    from service.prompt import (
+        DEFAULT_SYSTEM_PROMPT,
+        END_OF_TURN,
+        build_target,
+        prompt_token_ids,
+    )
 
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    card = read_card(tokenizer_dir)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    card = read_card(model_dir)
     system_prompt = card.system_prompt if card else DEFAULT_SYSTEM_PROMPT
     chat = card.apply_chat_template if card else True
     end_of_turn = END_OF_TURN if chat else tokenizer.eos_token or ""
     targets = [build_target(r.output, end_of_turn=end_of_turn) for r in records]
     # Prompt and answer are tokenized apart, as a trainer that masks the prompt's loss does.
-    prompt_ids = prompt_token_ids(records, tokenizer, system_prompt, chat,
-                                  example_index(records, retrieved_examples))
+    prompt_ids = prompt_token_ids([r.instruction for r in records], tokenizer, system_prompt=system_prompt,
+                                  apply_chat_template=chat)
     target_ids = tokenizer(targets, add_special_tokens=False)["input_ids"]
     lengths = sorted(len(p) + len(t) for p, t in zip(prompt_ids, target_ids))
     return TokenStats(
-        tokenizer=str(tokenizer_dir),
+        tokenizer=str(model_dir),
         seq_length=seq_length,
         min=lengths[0],
         p50=_percentile(lengths, 0.5),

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from training.data.dataset import DatasetError, Record, load_dataset, save_dataset
+from service.dataset import DatasetError, Record, load_dataset, save_dataset
 
 INPUT = click.Path(exists=True, dir_okay=False, path_type=Path)
 OUTPUT = click.Path(dir_okay=False, writable=True, path_type=Path)
@@ -28,31 +28,33 @@ def data() -> None:
 @data.command()
 @click.argument("file", type=INPUT)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--seq-length", type=click.IntRange(min=1), default=None,
+@click.option("--seq_length", "seq_length", type=click.IntRange(min=1), default=None,
               help="The training seq_length to measure against (default 128).")
-@click.option("--tokenizer", "tokenizer_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               default=None, help="Model directory whose tokenizer and prompt measure token lengths "
               "(default: the prepared base model, if any).")
-@click.option("--retrieved-examples", type=click.IntRange(min=0), default=0, metavar="K",
-              help="Measure prompts with K retrieved examples each, as `intentlm train --retrieved_examples K` "
-              "builds them (default 0).")
 @click.option("--no-tokens", is_flag=True, help="Skip the token-length measurement (fast on huge files).")
-def check(file: Path, as_json: bool, seq_length: int | None, tokenizer_dir: Path | None, retrieved_examples: int,
-          no_tokens: bool) -> None:
+def check(file: Path, as_json: bool, seq_length: int | None, model_dir: Path | None, no_tokens: bool) -> None:
     """Lint FILE against the data-preparation strategy. Exit 1 on errors, 0 with warnings only."""
     from service.modelcard import base_model_dir
-    from training.data.check import (DEFAULT_SEQ_LENGTH, Issue, check_records, format_report,
-                                     measure_tokens, token_issues)
+    from training.data.check import (
+        DEFAULT_SEQ_LENGTH,
+        Issue,
+        check_records,
+        format_report,
+        measure_tokens,
+        token_issues,
+    )
 
     records = _load(file, check_outputs=False)
     report = check_records(records, file=str(file))
-    if tokenizer_dir is None and not no_tokens and (base_model_dir() / "tokenizer_config.json").exists():
-        tokenizer_dir = base_model_dir()
-    if records and tokenizer_dir is not None and not no_tokens:
-        report.tokens = measure_tokens(records, tokenizer_dir, seq_length or DEFAULT_SEQ_LENGTH, retrieved_examples)
+    if model_dir is None and not no_tokens and (base_model_dir() / "tokenizer_config.json").exists():
+        model_dir = base_model_dir()
+    if records and model_dir is not None and not no_tokens:
+        report.tokens = measure_tokens(records, model_dir, seq_length or DEFAULT_SEQ_LENGTH)
         report.issues += token_issues(report.tokens)
     elif not no_tokens:
-        report.issues.append(Issue("info", "no-tokenizer", "token lengths not measured: pass --tokenizer DIR"
+        report.issues.append(Issue("info", "no-tokenizer", "token lengths not measured: pass --model DIR"
                                    " or run `intentlm model prepare`"))
     click.echo(json.dumps(report.to_json(), ensure_ascii=False, indent=2) if as_json else format_report(report))
     if report.errors:
@@ -84,24 +86,24 @@ def from_itag(manifests: tuple[Path, ...], output: Path, label_key: str | None) 
 @data.command("to-itag")
 @click.argument("file", type=INPUT)
 @click.option("-o", "--output", required=True, type=OUTPUT, help="The manifest file to write.")
-@click.option("--prelabel-model", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Pre-label every row with this model directory's predictions (needs vLLM).")
-def to_itag(file: Path, output: Path, prelabel_model: Path | None) -> None:
+def to_itag(file: Path, output: Path, model_dir: Path | None) -> None:
     """Write FILE's utterances as an iTAG manifest for a labelling job.
 
     FILE is a dataset; its outputs may be missing (utterances still to label) and are not
-    written: labels come from the labellers, or as suggestions from --prelabel-model.
+    written: labels come from the labellers, or as suggestions from --model.
     """
     from training.data.itag import write_manifest
 
     records = _load(file, require_output=False)
     prelabels = None
-    if prelabel_model is not None:
+    if model_dir is not None:
         from training.data.itag import PrelabelError, prelabel
 
-        click.echo(f"pre-labelling {len(records)} utterances with {prelabel_model} ...", err=True)
+        click.echo(f"pre-labelling {len(records)} utterances with {model_dir} ...", err=True)
         try:
-            prelabels = prelabel(prelabel_model, [r.instruction for r in records])
+            prelabels = prelabel(model_dir, [r.instruction for r in records])
         except PrelabelError as exc:
             raise click.ClickException(str(exc)) from None
     with _writing(output):
@@ -117,7 +119,7 @@ def to_itag(file: Path, output: Path, prelabel_model: Path | None) -> None:
 @click.option("--test-ratio", required=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="Share of records for the test side, e.g. 0.1.")
 @click.option("--seed", default=42, show_default=True, help="Shuffling seed: the same seed gives the same split.")
-@click.option("-o", "--train-out", required=True, type=OUTPUT, help="Where to write the training side.")
+@click.option("--train-out", required=True, type=OUTPUT, help="Where to write the training side.")
 @click.option("--test-out", required=True, type=OUTPUT, help="Where to write the test side.")
 def split(file: Path, test_ratio: float, seed: int, train_out: Path, test_out: Path) -> None:
     """Split FILE into train and test, stratified by intent (combination), reproducibly.

@@ -17,7 +17,7 @@ import re
 from collections import Counter
 from itertools import permutations
 
-from training.data.dataset import Record
+from service.dataset import Record
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 # A connective must appear in at least this share of the multi-call instructions.

@@ -34,9 +34,10 @@ from typing import Any
 
 import orjson
 
+from service.dataset import DatasetError, Record, json_type
+from service.errors import IntentlmError
 from service.intents import IntentParseError, canonical, parse, try_parse
 from service.modelcard import ModelCardError, atomic_write_bytes
-from training.data.dataset import DatasetError, Record, json_type
 
 PRELABEL_KEY = "label-intentlm"
 LABEL_PREFIX = "label-"
@@ -46,11 +47,11 @@ ITAG_BOOKKEEPING_PREFIX = "_itag"
 MAX_PROBLEMS = 50
 
 
-class PrelabelError(RuntimeError):
+class PrelabelError(IntentlmError, RuntimeError):
     """A model directory cannot pre-label: no card, no intents, or a card that does not load."""
 
 
-class ItagError(ValueError):
+class ItagError(IntentlmError, ValueError):
     """A manifest breaks the format; ``problems`` holds each bad line as a ``DatasetError``."""
 
     def __init__(self, problems: Sequence[DatasetError], more: int = 0) -> None:

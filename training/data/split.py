@@ -32,12 +32,12 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from service.examples import halves, same_text_key
+from service.dataset import Record, same_text_key
+from service.errors import IntentlmError
 from training.data.compose import find_joiner
-from training.data.dataset import Record
 
 
-class SplitError(ValueError):
+class SplitError(IntentlmError, ValueError):
     """The split cannot be made as asked (ratio out of range, too few records)."""
 
 
@@ -71,7 +71,7 @@ def composed_units(records: Sequence[Record]) -> list[list[int]]:
 
     for i, record in enumerate(records):
         if len(record.calls()) > 1:
-            for part in halves(same_text_key(record.instruction), connective):
+            for part in (half.strip() for half in same_text_key(record.instruction).split(connective)):
                 if part in single:
                     parent[root(single[part])] = root(i)
     units: dict[int, list[int]] = {}
