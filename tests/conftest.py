@@ -128,21 +128,18 @@ def link_model(source: Path, target: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def smarthome_model(base_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The base model's files (symlinked) with a card listing the 12 smart-home intents of TRAIN_FILE and
-    their vocabulary (no thresholds), and typicality statistics of the base model's states of the first
+    """The base model's files (symlinked) with a card listing the 12 smart-home intents of TRAIN_FILE (no
+    thresholds), and typicality statistics of the base model's states of the first
     TYPICALITY_RECORDS single-call records per intent (a few seconds; the served figures are the base model's)."""
     from service.intents import parse
     from service.modelcard import ModelCard, write_card
-    from service.scope import build_vocabulary
-    from training.data.dataset import load_dataset
+    from service.dataset import load_dataset
     from training.trainer import typicality_statistics
 
     model_dir = link_model(base_model, tmp_path_factory.mktemp("smarthome-model"))
     records = json.loads(TRAIN_FILE.read_text())
     intents = sorted({call.name for record in records for call in parse(record["output"])})
-    vocabulary = build_vocabulary((record["instruction"], parse(record["output"])) for record in records)
-    card = ModelCard(base_model=base_model.name, system_prompt=SMARTHOME_SYSTEM_PROMPT, intents=intents,
-                     vocabulary=vocabulary)
+    card = ModelCard(base_model=base_model.name, system_prompt=SMARTHOME_SYSTEM_PROMPT, intents=intents)
     write_card(model_dir, card)
     single = [r for r in load_dataset(TRAIN_FILE) if len(r.calls()) == 1]
     sample = [r for intent in intents for r in [r for r in single if r.calls()[0].name == intent][:TYPICALITY_RECORDS]]

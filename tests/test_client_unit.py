@@ -23,7 +23,6 @@ PREDICTION = {
     "intents": [{"name": "iot_hue_lightoff", "args": []}, {"name": "alarm_set", "args": ["7 am", "monday"]}],
     "raw": "iot_hue_lightoff();alarm_set(7 am,monday)",
     "confidence": 0.93,
-    "familiarity": 0.875,
     "typicality": 0.61,
     "latency_ms": 12.5,
 }

@@ -41,24 +41,15 @@ def test_the_smarthome_training_data_follows_the_strategy() -> None:
 
 
 def test_token_lengths_with_the_base_models_tokenizer(base_model: Path) -> None:
-    code, out = check(TRAIN_FILE, "--tokenizer", base_model, "--seq-length", "32")
+    code, out = check(TRAIN_FILE, "--model", base_model, "--seq_length", "32")
     assert code == 0, out  # too long records are a warning
     assert "tokens (prompt + answer, SmolLM2-135M-Instruct): min 26, p50 35, p95 57, max 73" in out
     assert "records are longer than seq_length 32 (longest 73 tokens) and would be left out of training;" \
            " use seq_length 128" in out
-    code, out = check(TRAIN_FILE, "--tokenizer", base_model, "--json")
+    code, out = check(TRAIN_FILE, "--model", base_model, "--json")
     tokens = json.loads(out)["tokens"]
     assert tokens["over_seq_length"] == 0 and tokens["seq_length"] == 128
     assert tokens["recommended_seq_length"] == 128
-
-
-def test_token_lengths_count_the_retrieved_examples(base_model: Path) -> None:
-    """`intentlm train --retrieved_examples 2` leaves out records that only the examples make too long."""
-    code, out = check(TRAIN_FILE, "--tokenizer", base_model, "--retrieved-examples", "2")
-    assert code == 0, out
-    assert "tokens (prompt + answer, SmolLM2-135M-Instruct): min 52, p50 76, p95 107, max 135" in out
-    assert "8 records are longer than seq_length 128 (longest 135 tokens) and would be left out of training;" \
-           " use seq_length 256" in out
 
 
 def test_a_bad_file_fails_with_every_problem_and_its_record(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ from collections import Counter
 
 from conftest import TRAIN_FILE
 from training.data.compose import compose_multi_intent, find_joiner
-from training.data.dataset import Record, load_dataset
+from service.dataset import Record, load_dataset
 
 
 def test_the_smarthome_connective_is_found_and_pairs_cover_every_ordered_intent_pair() -> None:

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from training.data.cli import data
-from training.data.dataset import DatasetError, load_dataset
+from service.dataset import DatasetError, load_dataset
 
 INTENTS = ["alarm_set", "play_music", "iot_cleaning", "weather_query"]
 
@@ -40,7 +40,7 @@ def test_a_200_mb_file_is_checked_and_split(tmp_path: Path) -> None:
     assert issue["records"] == [{"record": records, "line": records + 1}]
 
     # The malformed last record stops a split, naming it; nothing is written.
-    result = runner.invoke(data, ["split", str(path), "--test-ratio", "0.1", "-o", str(tmp_path / "t.json"),
+    result = runner.invoke(data, ["split", str(path), "--test-ratio", "0.1", "--train-out", str(tmp_path / "t.json"),
                                   "--test-out", str(tmp_path / "v.json")])
     assert result.exit_code == 1
     assert f"{path}:{records + 1}: record {records}: field 'output': missing ')'" in result.output

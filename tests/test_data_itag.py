@@ -17,7 +17,7 @@ from conftest import TRAIN_FILE
 from service.intents import parse
 from service.modelcard import ModelCard, read_card, write_card
 from training.data.cli import data
-from training.data.dataset import DatasetError, load_dataset
+from service.dataset import DatasetError, load_dataset
 from training.data.itag import PRELABEL_KEY, ItagError, read_manifests
 
 INTENTLM = Path(sys.executable).parent / "intentlm"

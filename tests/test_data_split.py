@@ -11,13 +11,13 @@ from click.testing import CliRunner
 
 from conftest import TRAIN_FILE
 from training.data.cli import data
-from training.data.dataset import Record, load_dataset
+from service.dataset import Record, load_dataset
 from training.data.split import SplitError, composed_units, split_records, stratum
 
 
 def run_split(tmp_path: Path, *args: object, source: Path = TRAIN_FILE) -> tuple[list[Record], list[Record]]:
     train, test = tmp_path / "train.json", tmp_path / "val.json"
-    result = CliRunner().invoke(data, ["split", str(source), "-o", str(train), "--test-out", str(test),
+    result = CliRunner().invoke(data, ["split", str(source), "--train-out", str(train), "--test-out", str(test),
                                        *map(str, args)])
     assert result.exit_code == 0, result.output
     return load_dataset(train), load_dataset(test)
@@ -100,12 +100,12 @@ def test_bad_input_and_options_leave_outputs_untouched(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"instruction": "a", "output": "a()"}, {"instruction": "b", "output": "b(("}]))
     runner = CliRunner()
-    result = runner.invoke(data, ["split", str(bad), "--test-ratio", "0.5", "-o", str(train), "--test-out", str(test)])
+    result = runner.invoke(data, ["split", str(bad), "--test-ratio", "0.5", "--train-out", str(train), "--test-out", str(test)])
     assert result.exit_code == 1 and f"{bad}:1: record 2: field 'output':" in result.output
-    result = runner.invoke(data, ["split", str(TRAIN_FILE), "--test-ratio", "1.5", "-o", str(train),
+    result = runner.invoke(data, ["split", str(TRAIN_FILE), "--test-ratio", "1.5", "--train-out", str(train),
                                   "--test-out", str(test)])
     assert result.exit_code == 2 and "--test-ratio" in result.output
-    result = runner.invoke(data, ["split", str(TRAIN_FILE), "--test-ratio", "0.1", "-o", str(train),
+    result = runner.invoke(data, ["split", str(TRAIN_FILE), "--test-ratio", "0.1", "--train-out", str(train),
                                   "--test-out", str(train)])
     assert result.exit_code == 2 and "must be different files" in result.output
     assert train.read_text() == "old train" and test.read_text() == "old test"

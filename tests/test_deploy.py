@@ -279,7 +279,7 @@ def test_eas_spec_runs_the_same_image_with_real_health_checks(routes: set[str]) 
     for check in checks.values():
         assert check["path"] in routes and check["port"] == PORT
     # The EAS gateway's request timeout (ms) outlasts the server's own (504 comes from the server).
-    timeout_s = float(env.get("INTENTLM_REQUEST_TIMEOUT_S", 30))
+    timeout_s = float(env.get("INTENTLM_REQUEST_TIMEOUT", 30))
     assert metadata["rpc"]["keepalive"] > timeout_s * 1000
 
 

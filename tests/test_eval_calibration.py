@@ -91,16 +91,14 @@ def test_rows_split_in_and_out_of_scope_on_the_raw_answer() -> None:
     assert c == Confidences(in_scope=[0.9, 0.4], in_scope_correct=[True, False], out_of_scope=[0.3])
     assert from_rows([{**rows[0], "confidence": None}], "oos") is None
     assert calibration_png(c, OutOfScopeRule(0.5)).startswith(b"\x89PNG")
-    familiar = from_rows([{**row, "familiarity": f} for row, f in zip(rows, (1.0, 0.5, 0.2))], "oos")
-    assert familiar is not None and familiar.other == {"familiarity": ([1.0, 0.5], [0.2])}
-    assert familiar.scores("familiarity") == [1.0, 0.5] and familiar.scores("typicality") is None
-    assert calibration_png(familiar, OutOfScopeRule(0.5, 0.6)).startswith(b"\x89PNG")
-    # a score only some rows have is left out; typicality beside familiarity is drawn too
-    both = from_rows([{**row, "familiarity": 1.0, "typicality": t} for row, t in zip(rows, (0.7, 0.6, None))], "oos")
-    assert both is not None and set(both.other) == {"familiarity"}
-    both = from_rows([{**row, "familiarity": 1.0, "typicality": t} for row, t in zip(rows, (0.7, 0.6, 0.01))], "oos")
+    assert c.scores("typicality") is None
+    # a score only some rows have is left out; one every row has is drawn beside the confidence
+    some = from_rows([{**row, "typicality": t} for row, t in zip(rows, (0.7, 0.6, None))], "oos")
+    assert some is not None and some.other == {}
+    both = from_rows([{**row, "typicality": t} for row, t in zip(rows, (0.7, 0.6, 0.01))], "oos")
     assert both is not None and both.other["typicality"] == ([0.7, 0.6], [0.01])
-    assert calibration_png(both, OutOfScopeRule(0.0, 0.0, 0.3)).startswith(b"\x89PNG")
+    assert both.scores("typicality") == [0.7, 0.6]
+    assert calibration_png(both, OutOfScopeRule(0.0, 0.3)).startswith(b"\x89PNG")
 
 
 def test_calibrate_needs_a_model_and_constrained_decoding(tmp_path) -> None:
@@ -124,17 +122,16 @@ def test_calibrate_thresholds_typicality_by_default_and_names_what_a_model_lacks
     from service.modelcard import ModelCard, read_card, write_card
 
     (tmp_path / "config.json").write_text("{}")
-    write_card(tmp_path, ModelCard(intents=["a"], oos_threshold=0.5, familiarity_threshold=0.7))
-    rows = [{"gold": "a()", "raw": "a()", "gold_intent": "a", "confidence": 0.9, "familiarity": None,
+    write_card(tmp_path, ModelCard(intents=["a"], oos_threshold=0.5))
+    rows = [{"gold": "a()", "raw": "a()", "gold_intent": "a", "confidence": 0.9,
              "typicality": 0.3 + i / 1000} for i in range(120)]
     rule = _calibrate(tmp_path, rows, "oos", "typicality", tmp_path / "val.json")
     card = read_card(tmp_path)
     assert card is not None and card.typicality_threshold == pytest.approx(0.3) == rule.typicality_threshold
-    assert (card.oos_threshold, card.familiarity_threshold) == (0.0, None)
+    assert card.oos_threshold == 0.0
     assert card.metrics["calibration"]["oos_score"] == "typicality"
-    for score, needs in (("typicality", "typicality statistics"), ("familiarity", "a vocabulary")):
-        with pytest.raises(click.ClickException, match=f"no {needs} .* `intentlm model scope`"):
-            _calibrate(tmp_path, [{**row, "typicality": None} for row in rows], "oos", score, tmp_path / "val.json")
+    with pytest.raises(click.ClickException, match="no typicality statistics .* --oos-score confidence"):
+        _calibrate(tmp_path, [{**row, "typicality": None} for row in rows], "oos", "typicality", tmp_path / "val.json")
     assert json.loads((tmp_path / "intentlm.json").read_text())["typicality_threshold"] == pytest.approx(0.3)
 
 
@@ -150,7 +147,7 @@ def test_calibrate_pools_typicality_with_the_training_requests_cross_fitted_scor
 
     (tmp_path / "config.json").write_text("{}")
     write_card(tmp_path, ModelCard(intents=["a"]))
-    rows = [{"gold": "a()", "raw": "a()", "gold_intent": "a", "confidence": 0.9, "familiarity": None,
+    rows = [{"gold": "a()", "raw": "a()", "gold_intent": "a", "confidence": 0.9,
              "typicality": 0.5 + i / 1000} for i in range(50)]
     assert _calibrate(tmp_path, rows, "oos", "typicality", tmp_path / "val.json").typicality_threshold == 0.0
     held_out = np.array([0.2, 0.6, 0.3] + [0.7] * 247, dtype=np.float32)

@@ -46,7 +46,7 @@ def test_model_run_writes_a_consistent_report(model_run: Path, smarthome_model: 
     assert [r["instruction"] for r in rows] == [r["instruction"] for r in json.loads(TEST_FILE.read_text())[:LIMIT]]
     for row in rows:  # constrained decoding: every complete answer names a card intent
         assert row["malformed"] or row["pred_intent"] in card["intents"], row
-        assert row["latency_ms"] > 0 and 0 <= row["confidence"] <= 1 and 0 <= row["familiarity"] <= 1
+        assert row["latency_ms"] > 0 and 0 <= row["confidence"] <= 1
         assert 0 < row["typicality"] <= 1
     figures = result["metrics"]["reference"]
     assert figures["intent_accuracy"] == sum(r["reference_intent_correct"] for r in rows) / LIMIT
@@ -64,8 +64,6 @@ def test_url_run_agrees_with_model_run(model_run: Path, live_server: LiveServer,
     model_result = json.loads((model_run / "metrics.json").read_text())
     assert url_result["run"]["mode"] == "url (intents)"
     assert [r["raw"] for r in _rows(tmp_path)] == [r["raw"] for r in _rows(model_run)]
-    assert [r["familiarity"] for r in _rows(tmp_path)] == pytest.approx([r["familiarity"] for r in _rows(model_run)],
-                                                                        abs=1e-6)
     # one prompt alone (the server) or in a batch of 8 (eval): the same state but for bf16 rounding
     assert [r["typicality"] for r in _rows(tmp_path)] == pytest.approx([r["typicality"] for r in _rows(model_run)],
                                                                        rel=0.05)
@@ -98,12 +96,10 @@ def test_calibrate_writes_temperature_and_threshold_into_the_card(smarthome_mode
     assert 0 <= card["metrics"]["calibration"]["ece_floor"] < 1  # the ECE that 8 records cannot resolve
     assert "calibrated: confidence_temperature" in done.stdout
     assert "cannot bound" not in done.stderr
-    # On the confidence instead, with the familiarity threshold the operator had: replaced by the calibration.
-    card["familiarity_threshold"] = 0.5
-    (model / "intentlm.json").write_text(json.dumps(card))
+    # On the confidence instead: the typicality threshold is replaced by the calibration's.
     done = _eval("--model", str(model), "--calibrate", "--oos-score", "confidence")
     assert done.returncode == 0, done.stdout + done.stderr[-4000:]
     card = json.loads((model / "intentlm.json").read_text())
     assert card["oos_threshold"] == 0.0
-    assert card["familiarity_threshold"] is None and card["typicality_threshold"] is None
+    assert card["typicality_threshold"] is None
     assert card["metrics"]["calibration"]["oos_score"] == "confidence"

@@ -88,16 +88,6 @@ def test_compare_two_runs(tmp_path: Path) -> None:
     line = next(line for line in result.output.splitlines() if line.startswith(first.name + " "))
     assert f"{other.f1 - first.f1:+.3f}" in line
 
-    # A metrics.json written before the argument-level figures existed still compares.
-    old = json.loads((tmp_path / "a" / "metrics.json").read_text())
-    for key in ("argument_precision", "argument_recall", "argument_f1"):
-        del old["metrics"][key]
-    (tmp_path / "old.json").write_text(json.dumps(old))
-    result = CliRunner().invoke(eval_command, ["--compare", str(tmp_path / "old.json"),
-                                               str(tmp_path / "b" / "metrics.json")])
-    assert result.exit_code == 0, result.output
-    line = next(line for line in result.output.splitlines() if line.startswith("Argument-level"))
-    assert "— / — / —" in line and f"{100 * b.metrics.argument_f1:.1f}%" in line
 
     bad = tmp_path / "bad.json"
     bad.write_text("{}")

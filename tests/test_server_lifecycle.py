@@ -27,10 +27,10 @@ def servers(smarthome_model, tmp_path_factory) -> dict[str, LiveServer]:
         # One generation at a time, no queue, 3 s per request: easy to overload and to time out.
         "tight": start_server(smarthome_model, log_dir, "--max-in-flight", "1", "--max-queued", "0",
                               "--request-timeout", "3", wait=False),
-        # Answers of at most 40 tokens: short, bounded requests for the cap and the drain; and familiarity and
-        # typicality thresholds, for the out-of-scope rule through the real engine.
-        "short": start_server(smarthome_model, log_dir, "--max-new-tokens-cap", "40", "--familiarity-threshold",
-                              "0.6", "--typicality-threshold", "0.3", wait=False),
+        # Answers of at most 40 tokens: short, bounded requests for the cap and the drain; and a typicality
+        # threshold, for the out-of-scope rule through the real engine.
+        "short": start_server(smarthome_model, log_dir, "--max-new-tokens-cap", "40",
+                              "--typicality-threshold", "0.3", wait=False),
     }
     yield started
     for server in started.values():
@@ -104,23 +104,21 @@ def test_overload_is_503_at_once_and_timeout_is_504(servers) -> None:
     assert metric(text, "intentlm_requests_total", route="/", status="504") >= 1
 
 
-def test_unfamiliar_and_atypical_requests_are_answered_out_of_scope(servers) -> None:
-    """The smart-home vocabulary knows every word of the first and third requests and few of the second's;
-    the third is far from the smart-home requests in the model's hidden states (the test model's statistics:
-    base model, 10 records per intent; 0.95, 0.06 and 0.01 typicality when measured)."""
+def test_atypical_requests_are_answered_out_of_scope(servers) -> None:
+    """The second and third requests are far from the smart-home requests in the model's hidden states (the
+    test model's statistics: base model, 10 records per intent; 0.95, 0.06 and 0.01 typicality when measured)."""
     server = servers["short"]
     wait_ready(server)
     replies = httpx.post(f"{server.url}/v1/intents", headers=headers(server), timeout=60, json={
         "texts": ["turn the lights off", "order a large pepperoni pizza with extra cheese",
                   "what is your name"]}).json()
-    assert replies[0]["familiarity"] == 1.0 and replies[0]["typicality"] > 0.6
+    assert replies[0]["typicality"] > 0.6
     assert replies[0]["intents"][0]["name"] != "oos"
-    assert replies[1]["familiarity"] < 0.6 and replies[1]["intents"] == [{"name": "oos", "args": []}]
+    assert replies[1]["typicality"] < 0.3 and replies[1]["intents"] == [{"name": "oos", "args": []}]
     assert replies[1]["raw"] != "oos()"  # what the model wrote is kept
-    assert replies[2]["familiarity"] >= 0.6 and replies[2]["typicality"] < 0.1
+    assert replies[2]["typicality"] < 0.1
     assert replies[2]["intents"] == [{"name": "oos", "args": []}]
     text = httpx.get(f"{server.url}/metrics").text
-    assert metric(text, "intentlm_out_of_scope_replies_total", score="familiarity") >= 1
     assert metric(text, "intentlm_out_of_scope_replies_total", score="typicality") >= 1
 
 

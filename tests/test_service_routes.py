@@ -153,7 +153,7 @@ def test_draining_refuses_new_work(client: TestClient) -> None:
 
 
 def test_timeout_is_504(tmp_path: Path) -> None:
-    with make_client(tmp_path, delay=0.5, request_timeout_s=0.1) as c:
+    with make_client(tmp_path, delay=0.5, request_timeout=0.1) as c:
         reply = c.post("/v1/intents", json={"text": "a"})
         assert reply.status_code == 504 and reply.json()["error"]["code"] == "timeout"
         assert c.app.state.engine.admission.admitted == 0

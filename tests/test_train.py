@@ -1,7 +1,6 @@
 """`intentlm train` through the real command: tiny LoRA and full runs, bad input, a SIGKILL, --resume.
 
-The runs are tiny (16 records, a few optimizer steps, seq_length 64; 128 for the LoRA run, whose prompts
-show a retrieved example) so the file stays fast; the model directories they produce are loaded by vLLM
+The runs are tiny (16 records, a few optimizer steps, seq_length 64) so the file stays fast; the model directories they produce are loaded by vLLM
 through `intentlm eval` (the real engine), and the LoRA one by `intentlm serve`.
 """
 
@@ -16,11 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from service.examples import ExampleIndex
 from service.intents import parse
 from service.modelcard import read_card
 from service.prompt import build_prompt
-from service.scope import build_vocabulary
 from service.typicality import IntentStatistics
 from tests.conftest import REPO, TRAIN_FILE, start_server
 
@@ -47,9 +44,7 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def lora_run(tiny_data: Path, base_model: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     output = tmp_path_factory.mktemp("lora") / "model"
-    # with one retrieved example per prompt (service.examples), which needs a longer seq_length
-    result = run_intentlm("train", "--data", tiny_data, "--output", output, "--eval-data", tiny_data, *TINY,
-                          "--retrieved_examples", "1", "--seq_length", "128")
+    result = run_intentlm("train", "--data", tiny_data, "--output", output, "--eval-data", tiny_data, *TINY)
     assert result.returncode == 0, result.stderr[-3000:]
     return output, result.stderr
 
@@ -57,15 +52,13 @@ def lora_run(tiny_data: Path, base_model: Path, tmp_path_factory: pytest.TempPat
 @pytest.fixture(scope="module")
 def full_run(tiny_data: Path, base_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     output = tmp_path_factory.mktemp("full") / "model"
-    result = run_intentlm("train", "--data", tiny_data, "--output", output, *TINY, "--lora-dim", "0",
-                          "--learning_rate", "1e-5", "--num_train_epochs", "0.5", "--label_smoothing", "0.1",
-                          "--synthetic_oos", "0.25")
+    result = run_intentlm("train", "--data", tiny_data, "--output", output, *TINY, "--lora_dim", "0",
+                          "--learning_rate", "1e-5", "--num_train_epochs", "0.5", "--label_smoothing", "0.1")
     assert result.returncode == 0, result.stderr[-3000:]
     return output
 
 
-def assert_complete_model_dir(output: Path, data: Path, mode: str, extra_intents: frozenset[str] = frozenset(),
-                              seq_length: int = 64) -> None:
+def assert_complete_model_dir(output: Path, data: Path, mode: str, seq_length: int = 64) -> None:
     for name in ("config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja", "intentlm.json"):
         assert (output / name).is_file(), name
     config = json.loads((output / "config.json").read_text())
@@ -73,16 +66,14 @@ def assert_complete_model_dir(output: Path, data: Path, mode: str, extra_intents
     card = read_card(output)
     assert card is not None
     records = json.loads(data.read_text())
-    assert card.intents == sorted({c.name for r in records for c in parse(r["output"])} | extra_intents)
+    assert card.intents == sorted({c.name for r in records for c in parse(r["output"])})
     assert card.base_model and card.system_prompt == "You are a helpful assistant" and card.apply_chat_template
     assert card.data is not None and card.data.records == len(records) and len(card.data.sha256) == 64
     assert card.data.file == str(data.resolve())
     assert card.train_config["mode"] == mode and card.train_config["seq_length"] == seq_length
     assert card.metrics["train_loss"] > 0 and card.metrics["final_loss"] > 0
     assert card.metrics["tokens_per_second"] > 0 and card.created_at
-    # the familiarity vocabulary is the user's records' (synthetic oos() records are not in it)
-    assert card.vocabulary == build_vocabulary((r["instruction"], parse(r["output"])) for r in records)
-    # so are the typicality statistics: the trained model's states, by in-scope intent
+    # the typicality statistics: the trained model's states, by in-scope intent
     statistics = IntentStatistics.load(output)
     assert statistics is not None and statistics.means.shape[1] == 576
     assert set(statistics.intents) == {parse(r["output"])[0].name for r in records}
@@ -94,7 +85,7 @@ def assert_complete_model_dir(output: Path, data: Path, mode: str, extra_intents
 
 def test_lora_run_writes_a_complete_model_dir(lora_run: tuple[Path, str], tiny_data: Path) -> None:
     output, log = lora_run
-    assert_complete_model_dir(output, tiny_data, "lora", seq_length=128)
+    assert_complete_model_dir(output, tiny_data, "lora")
     assert (output / "adapter" / "adapter_model.safetensors").is_file()
     card = read_card(output)
     assert 0 <= card.metrics["eval"]["intent_accuracy"] <= 1 and card.metrics["eval"]["records"] == 16
@@ -102,22 +93,9 @@ def test_lora_run_writes_a_complete_model_dir(lora_run: tuple[Path, str], tiny_d
 
 
 def test_full_run_writes_a_complete_model_dir(full_run: Path, tiny_data: Path) -> None:
-    assert_complete_model_dir(full_run, tiny_data, "full", extra_intents=frozenset({"oos"}))
+    assert_complete_model_dir(full_run, tiny_data, "full")
     assert read_card(full_run).train_config["label_smoothing"] == 0.1  # through transformers' LabelSmoother
-    # --synthetic_oos 0.25: 4 requests written by the real base model, answered oos(), kept for review
-    synthetic = json.loads((full_run / "synthetic_oos.json").read_text())
-    assert len(synthetic) == 4 and all(r["output"] == "oos()" and r["instruction"] for r in synthetic)
     assert not (full_run / "adapter").exists()
-    assert ExampleIndex.load(full_run) is None  # trained without retrieved examples
-
-
-def test_retrieved_examples_are_the_training_records(lora_run: tuple[Path, str], tiny_data: Path) -> None:
-    index = ExampleIndex.load(lora_run[0])
-    records = json.loads(tiny_data.read_text())
-    assert index is not None and index.k == 1 and index.joiner is None  # no multi-intent records to join
-    assert index.records == [(r["instruction"], r["output"]) for r in records]
-    card = read_card(lora_run[0])
-    assert card.train_config["retrieved_examples"] == 1 and card.metrics["records_too_long"] == 0
 
 
 def test_tensorboard_has_tokens_per_second_and_eta(lora_run: tuple[Path, str]) -> None:
@@ -141,18 +119,17 @@ def test_vllm_loads_the_trained_model(which: str, lora_run: tuple[Path, str], fu
 
 
 @pytest.mark.engine
-def test_the_server_prompts_with_the_models_examples(lora_run: tuple[Path, str], tmp_path: Path) -> None:
-    """The served prompt is the training prompt: the request's nearest training record, then the request
+def test_the_server_prompts_as_training_did(lora_run: tuple[Path, str], tmp_path: Path) -> None:
+    """The served prompt is the training prompt: the card's system prompt and the tokenizer's chat template
     (counted by the server's own prompt-token metric against the prompt rendered here)."""
     import httpx
     from transformers import AutoTokenizer
 
     model = lora_run[0]
-    index = ExampleIndex.load(model)
     text = "wake me up at seven tomorrow morning"
     tokenizer = AutoTokenizer.from_pretrained(model)
-    prompt = build_prompt(text, tokenizer=tokenizer, examples=index.neighbours(text))
-    assert "Similar requests:" in prompt and prompt.count(" => ") == 1
+    prompt = build_prompt(text, system_prompt=read_card(model).system_prompt, tokenizer=tokenizer)
+    assert prompt.count("<|im_start|>") == 3  # system, user, and the assistant turn it continues
     expected = len(tokenizer.encode(prompt, add_special_tokens=False))
     server = start_server(model, tmp_path, token=None)
     try:
@@ -167,7 +144,7 @@ def test_the_server_prompts_with_the_models_examples(lora_run: tuple[Path, str],
 def test_dry_run_reports_without_training(tiny_data: Path, base_model: Path, tmp_path: Path) -> None:
     output = tmp_path / "model"
     result = run_intentlm("train", "--data", tiny_data, "--output", output, "--preset", "lora",
-                          "--seq-length", "64", "--load_in_4bit", "false", "--dry-run")
+                          "--seq_length", "64", "--load_in_4bit", "false", "--dry-run")
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
     assert report["config"]["learning_rate"] == 3e-4 and report["config"]["seq_length"] == 64

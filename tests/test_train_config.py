@@ -90,8 +90,8 @@ def test_json_config_file(tmp_path: Path) -> None:
     assert (config.seq_length, config.mode) == (64, "lora")
 
 
-def test_flags_underscore_dashed_and_equals() -> None:
-    values = parse_knob_args(["--learning_rate", "3e-4", "--lora-dim", "0", "--load-in-4bit=false",
+def test_flags_with_values_and_equals() -> None:
+    values = parse_knob_args(["--learning_rate", "3e-4", "--lora_dim", "0", "--load_in_4bit=false",
                               "--system_prompt", "true", "--num_train_epochs", "0.5"])
     config, _ = resolve_config(flag_values=values)
     assert (config.learning_rate, config.lora_dim, config.load_in_4bit, config.num_train_epochs) == (3e-4, 0, False, 0.5)
@@ -101,6 +101,7 @@ def test_flags_underscore_dashed_and_equals() -> None:
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--learning_rat", "1"], "unknown knob --learning_rat; valid knobs: learning_rate"),
+    (["--lora-dim", "0"], "--lora-dim: knobs keep the reference's names; spell it --lora_dim"),
     (["--lora_dim"], "--lora_dim needs a value"),
     (["stray"], "unexpected argument 'stray'"),
 ])

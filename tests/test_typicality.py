@@ -11,8 +11,9 @@ import pytest
 from click.testing import CliRunner
 
 from service.modelcard import ModelCard, read_card, write_card
-from service.scope import OutOfScopeRule, Vocabulary
-from service.typicality import STATS_FILE, HiddenStates, IntentStatistics, TypicalityScorer, _shared_prefix
+from service.scope import OutOfScopeRule
+from service.modelcard import STATS_FILE
+from service.typicality import HiddenStates, IntentStatistics, TypicalityScorer, _shared_prefix
 from training.cli import model
 
 
@@ -56,20 +57,17 @@ def test_statistics_round_trip_through_the_model_directory(tmp_path: Path) -> No
     assert np.array_equal(again.precision, statistics.precision) and np.array_equal(again.means, statistics.means)
     assert np.array_equal(again.held_out, statistics.held_out)
     assert IntentStatistics.load(tmp_path / "missing") is None
-    np.savez(path, intents=np.array(statistics.intents), means=statistics.means, precision=statistics.precision)
-    older = IntentStatistics.load(tmp_path)  # written before the cross-fitted scores
-    assert older is not None and older.held_out.size == 0
     with pytest.raises(ValueError, match="at least two states"):
         IntentStatistics.fit(states[:1], labels[:1])
 
 
 def test_the_rule_rejects_on_typicality_and_ignores_a_missing_score() -> None:
-    rule = OutOfScopeRule(0.5, 0.0, 0.2)
-    assert rule.rejection(0.9, None, 0.1) == "typicality"
-    assert rule.rejection(0.4, None, 0.1) == "confidence"  # the first score under its threshold names it
-    assert not rule.rejects(0.9, None, None) and not rule.rejects(0.9, 1.0, 0.2)
+    rule = OutOfScopeRule(0.5, 0.2)
+    assert rule.rejection(0.9, 0.1) == "typicality"
+    assert rule.rejection(0.4, 0.1) == "confidence"  # the first score under its threshold names it
+    assert not rule.rejects(0.9, None) and not rule.rejects(0.9, 0.2)
     card = ModelCard(typicality_threshold=0.3)
-    assert card.oos_rule().typicality_threshold == 0.3 and card.oos_rule(None, None, 0.0).typicality_threshold == 0.0
+    assert card.oos_rule().typicality_threshold == 0.3 and card.oos_rule(None, 0.0).typicality_threshold == 0.0
 
 
 class FakeStates:
@@ -148,54 +146,45 @@ def test_batched_states_of_the_real_model_equal_each_prompt_alone(base_model: Pa
     assert statistics.typicality(together) == pytest.approx(statistics.typicality(alone), abs=0.02)
 
 
-def test_model_scope_command_writes_vocabulary_and_statistics(base_model: Path, tmp_path: Path) -> None:
-    """`intentlm model scope` gives an older model what `intentlm train` writes (oos() records left out)."""
+def test_statistics_of_a_real_model_leave_out_oos_records_and_show_in_model_info(base_model: Path,
+                                                                                 tmp_path: Path) -> None:
+    """What `intentlm train` writes, on the real base model's states: statistics of the in-scope intents only
+    (oos() records teach what is *not* in scope), shown by `intentlm model info`."""
     from conftest import link_model
 
+    from service.dataset import Record
+    from training.trainer import typicality_statistics
+
     model_dir = link_model(base_model, tmp_path / "model")
-    data = tmp_path / "train.json"
-    data.write_text(json.dumps([{"instruction": "wake me at seven", "output": "alarm_set(seven)"},
-                                {"instruction": "wake me up at six am", "output": "alarm_set(six am)"},
-                                {"instruction": "lights off", "output": "iot_hue_lightoff()"},
-                                {"instruction": "tell me a joke", "output": "oos()"}]))
-    write_card(model_dir, ModelCard(intents=["alarm_set", "iot_hue_lightoff"]))
-    result = CliRunner().invoke(model, ["scope", str(model_dir), "--data", str(data)])
-    assert result.exit_code == 0, result.output
-    card = read_card(model_dir)
-    assert card is not None and card.vocabulary == Vocabulary(context=["at", "lights", "me", "off", "up", "wake"],
-                                                               argument=["am", "seven", "six"])
-    assert card.intents == ["alarm_set", "iot_hue_lightoff"]  # the rest of the card is kept
-    statistics = IntentStatistics.load(model_dir)
+    records = [Record("wake me at seven", "alarm_set(seven)"), Record("wake me up at six am", "alarm_set(six am)"),
+               Record("lights off", "iot_hue_lightoff()"), Record("tell me a joke", "oos()")]
+    card = ModelCard(intents=["alarm_set", "iot_hue_lightoff"])
+    write_card(model_dir, card)
+    statistics = typicality_statistics(model_dir, records, card)
     assert statistics is not None and statistics.intents == ("alarm_set", "iot_hue_lightoff")
-    info = CliRunner().invoke(model, ["info", str(model_dir)])
+    statistics.save(model_dir)
+    info = CliRunner().invoke(model, ["info", "--model", str(model_dir)])
+    assert info.exit_code == 0, info.output
     assert "statistics of 2 intents, 576 dimensions" in info.output
-    (model_dir / "intentlm.json").unlink()
-    refused = CliRunner().invoke(model, ["scope", str(model_dir), "--data", str(data)])
-    assert refused.exit_code == 1 and "has no intentlm.json" in refused.output
 
 
-def test_model_scope_sets_the_threshold_the_cross_fitted_scores_support(base_model: Path, tmp_path: Path) -> None:
-    """120 in-scope records (the real model's states): 120 cross-fitted scores, and the card gets their lowest as its
-    typicality threshold (120 scores may let none go at 1 %), replacing an earlier one."""
-    from conftest import TRAIN_FILE, link_model
+def test_real_statistics_support_the_threshold_training_sets(base_model: Path, tmp_path: Path) -> None:
+    """120 in-scope records (the real model's states): 120 cross-fitted scores, and the threshold training writes
+    into the card is their lowest (120 scores may let none go at 1 %)."""
+    from conftest import TRAIN_FILE
 
-    model_dir = link_model(base_model, tmp_path / "model")
-    data = tmp_path / "train.json"
-    data.write_text(json.dumps([r for r in json.loads(TRAIN_FILE.read_text()) if ";" not in r["output"]][:120]))
-    write_card(model_dir, ModelCard(typicality_threshold=0.9))
-    result = CliRunner().invoke(model, ["scope", str(model_dir), "--data", str(data)])
-    assert result.exit_code == 0, result.output
-    statistics = IntentStatistics.load(model_dir)
-    card = read_card(model_dir)
+    from service.dataset import load_dataset
+    from training.trainer import typicality_statistics, typicality_threshold
+
+    records = [r for r in load_dataset(TRAIN_FILE) if len(r.calls()) == 1][:120]
+    statistics = typicality_statistics(base_model, records, ModelCard())
     assert statistics is not None and statistics.held_out.shape == (120,)
-    assert card is not None and card.typicality_threshold == pytest.approx(float(statistics.held_out.min()))
-    assert f"typicality threshold {card.typicality_threshold}" in result.output
-    assert "120 cross-fitted training scores" in CliRunner().invoke(model, ["info", str(model_dir)]).output
+    assert typicality_threshold(statistics) == pytest.approx(float(statistics.held_out.min()))
 
 
 def test_data_with_one_in_scope_record_gets_no_statistics(tmp_path: Path) -> None:
-    """Training finishes without the score rather than failing at the end; `intentlm model scope` refuses."""
-    from training.data.dataset import Record
+    """Training finishes without the score rather than failing at the end."""
+    from service.dataset import Record
     from training.trainer import typicality_statistics
 
     records = [Record("wake me at seven", "alarm_set(seven)"), Record("tell me a joke", "oos()")]
