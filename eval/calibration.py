@@ -46,8 +46,8 @@ def choose_threshold(scores: Sequence[float], correct: Sequence[bool], keep: flo
     them rejects a new one (exchangeable with them) with probability at most ``(k + 1) / (n + 1)``. So
     with fewer than 99 correct answers no threshold keeps 99 % (0, off), and with 99 to 198 the threshold
     is the lowest correct score. Choosing by the calibration set's own kept share instead (as an
-    earlier version did) lets one correct answer of 111 go: an expected cost of 1.8 % (bench/accuracy.md
-    §5). Wrong answers below the threshold cost nothing: they are wrong either way.
+    earlier version did) lets one correct answer of 111 go: an expected cost of 1.8 % (docs/decisions.md).
+    Wrong answers below the threshold cost nothing: they are wrong either way.
     """
     if not scores:
         raise ValueError("no scores to calibrate on")
@@ -114,7 +114,7 @@ def ece_noise(confidences: Sequence[float], bins: int = BINS, draws: int = 1000,
     """The ECE a perfectly calibrated confidence would show on these records: its mean and 95th percentile.
 
     Each draw makes every record right with probability equal to its confidence. ECE is biased upwards when bins
-    hold few records (60 two-intent records: 0.07 on average, bench/accuracy.md §24), so an observed ECE inside
+    hold few records (60 two-intent records: 0.07 on average, docs/decisions.md), so an observed ECE inside
     this spread is no evidence of miscalibration, and a target under its mean cannot be measured on that data.
     """
     import numpy as np

@@ -283,7 +283,7 @@ class IntentEngine:
     def intent_params(self, text: str, constrained: bool) -> SamplingParams:
         """Sampling for one utterance (``text`` with its history folded in): free, the model's intent
         grammar, or (for a model whose arguments are copied from the text) that grammar with arguments
-        limited to the request's word spans, built per request (≈ 5 ms to compile, bench/accuracy.md)."""
+        limited to the request's word spans, built per request (≈ 5 ms to compile, docs/decisions.md)."""
         if not constrained:
             return self._free_intent_params
         if not self.card.args_from_text:

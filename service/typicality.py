@@ -10,14 +10,14 @@ average variance (``SHRINKAGE``) because a few hundred records estimate a 576x57
 ``typicality = exp(-d² / (2 * dim))`` maps the squared distance ``d²`` to the nearest mean into (0, 1],
 higher in scope like the other two scores (a training-like request, d² ≈ dim, scores about 0.6).
 
-On intents held out of training (bench/accuracy.md §6) it finds most of them at the threshold of the
-lowest correct in-scope validation answer (83 %), where familiarity finds 60 % and the confidence 19 %.
+On intents held out of training (docs/decisions.md) it finds most of them at the threshold of the
+lowest correct in-scope validation answer (83 %), where the intent confidence finds 19 %.
 
 The threshold needs in-scope scores of requests the statistics were not fitted on. A validation split
 of a hundred records is too few to bound the rejection of new in-scope requests at 1 % with any
 margin (the bound then sits at its lowest correct score). So the statistics also keep each training
 state's score under statistics fitted without it (``held_out``: ``FOLDS``-fold cross-fitting, about a
-thousand scores), which on the validation splits of bench/accuracy.md §9 are distributed like new
+thousand scores), which on the validation splits of docs/decisions.md are distributed like new
 in-scope requests' (the same median, a slightly longer low tail); training chooses its threshold
 from them, and calibration pools them with the validation answers.
 
@@ -40,8 +40,8 @@ import numpy as np
 
 from service.modelcard import STATS_FILE, atomic_write_bytes
 
-SHRINKAGE = 0.1  # chosen on the held-out intents of bench/accuracy.md §6 (0.01-0.5 all within 3 points)
-FOLDS = 20  # for ``held_out``; fewer folds fit on less data and score lower (bench/accuracy.md §9)
+SHRINKAGE = 0.1  # chosen on the held-out intents of docs/decisions.md (0.01-0.5 all within 3 points)
+FOLDS = 20  # for ``held_out``; fewer folds fit on less data and score lower (docs/decisions.md)
 BATCH = 16
 
 

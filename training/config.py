@@ -25,7 +25,7 @@ PresetName = Literal["intent", "full", "lora", "qlora", "none"]
 DEFAULT_PRESET = "intent"
 
 # "intent" is this project's recipe for a few hundred to a few thousand intent records on a small
-# model, the winner of the study in bench/accuracy.md (composed two-call records since §13: data
+# model, the winner of the study in docs/decisions.md (composed two-call records: data
 # without multi-call records gets none), and what `intentlm train` uses unless told otherwise.
 # "full", "lora" and "qlora" are the reference's "recommended hyperparameter configurations"
 # (Table 2): their global batch of 256 is per-device 16 x accumulation 16 on one device, which

@@ -1,7 +1,7 @@
 """Synthetic multi-intent records, composed from the data's own single-intent records.
 
 Why: multi-intent records are a minority of typical intent data (20 % of the smart-home set), and a
-small model trained on them learns to stop after the first call (bench/accuracy.md). Two single-call
+small model trained on them learns to stop after the first call (docs/decisions.md). Two single-call
 records joined by the connective the data's own multi-call records use ("…, and then …" in HWU64)
 make more of them at no labelling cost, without any outside text.
 

@@ -17,7 +17,7 @@ Composed multi-intent records stay on the side of the records they were composed
 two-intent records (and those of any data set built the same way) join two single-intent
 utterances of the same file with a connective; split apart, the test side would ask for two-call
 answers whose two halves the model was trained on, word for word and label for label, and measure
-memory instead of generalisation (bench/accuracy.md §12: 35 of the 38 halves of the validation
+memory instead of generalisation (docs/decisions.md: 35 of the 38 halves of the validation
 side's two-call records, 89.5 % two-call exact on validation against 68.3 % on the test file, which
 its authors built from test utterances only). So a composed record and its parts (and the other
 records composed from those parts) form one unit; these units go to one side whole, drawn at
