@@ -47,6 +47,9 @@ if TYPE_CHECKING:
               help="--calibrate: the score the out-of-scope threshold applies to. typicality: closeness of the "
                    "prompt's hidden state to the training requests (needs the model's typicality.npz; finds "
                    "the most out-of-scope requests, docs/decisions.md); confidence: the intent names' probability.")
+@click.option("--dtype", type=click.Choice(["auto", "bfloat16", "float16", "float32"]), default="auto",
+              show_default=True, help="--model only: compute dtype; auto: bfloat16 where the hardware computes it "
+              "natively (CUDA, AVX512-BF16/AMX CPUs), else float32 (the server's rule).")
 @click.option("--limit", type=click.IntRange(1), help="Evaluate only the first N records.")
 @click.option("--compare", nargs=2, type=click.Path(path_type=Path, exists=True, dir_okay=False),
               metavar="A/metrics.json B/metrics.json", help="Show two earlier runs side by side instead.")
@@ -63,6 +66,7 @@ def eval_command(
     oos_label: str,
     calibrate: bool,
     oos_score: str,
+    dtype: str,
     limit: int | None,
     compare: tuple[Path, Path] | None,
 ) -> None:
@@ -113,14 +117,17 @@ def eval_command(
     rule = None
     if model_dir is not None:
         from eval.runner import model_card
+        from service.hardware import choose_dtype
         from service.scope import OutOfScopeRule
+
+        click.echo(f"intentlm eval: {choose_dtype(dtype)}", err=True)  # type: ignore[arg-type]
 
         # Calibration looks at the raw scores, and free-form decoding is the reference script's, which has
         # no out-of-scope step; a constrained evaluation applies the card's thresholds, as the server does.
         rule = OutOfScopeRule() if calibrate or free_form else model_card(model_dir).oos_rule()
     predictions = _predict(model_dir, url, records, free_form=free_form, api=api, token=token,
                            concurrency=concurrency, system_prompt=system_prompt, oos_label=oos_label,
-                           oos_rule=rule)
+                           oos_rule=rule, dtype=dtype)
     wall_s = time.perf_counter() - start
 
     latencies = [p.latency_ms for p in predictions if p.latency_ms is not None]
@@ -226,6 +233,7 @@ def _predict(
     system_prompt: str | None,
     oos_label: str,
     oos_rule: OutOfScopeRule | None,
+    dtype: str,
 ) -> list[Prediction]:
     """Run the chosen predictor; its failures become one clear line, not a traceback."""
     from eval.runner import RunnerError, predict_with_model, predict_with_url
@@ -239,6 +247,7 @@ def _predict(
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         return predict_with_model(model_dir, [r.instruction for r in records], constrained=not free_form,
                                   fallback_intents=sorted({c.name for r in records for c in r.calls()}),
-                                  system_prompt=system_prompt, oos_label=oos_label, oos_rule=oos_rule)
+                                  system_prompt=system_prompt, oos_label=oos_label, oos_rule=oos_rule,
+                                  dtype=dtype)  # type: ignore[arg-type]
     except RunnerError as exc:
         raise click.ClickException(str(exc)) from None

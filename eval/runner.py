@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from service.errors import IntentlmError
+from service.hardware import Dtype, choose_dtype
 from service.intents import Call, decoding_regex, format_calls
 from service.modelcard import ModelCard, is_model_dir, read_card
 from service.prompt import END_OF_TURN, build_prompt
@@ -65,8 +66,8 @@ def model_card(model_dir: str | os.PathLike[str]) -> ModelCard:
     return card
 
 
-def load_llm(model_dir: str | os.PathLike[str]) -> LLM:
-    """vLLM's offline engine with the server's engine settings (same context, dtype and eager mode).
+def load_llm(model_dir: str | os.PathLike[str], dtype: Dtype = "auto") -> LLM:
+    """vLLM's offline engine with the server's engine settings (same context, dtype rule and eager mode).
 
     The engine runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0`` unless the caller set it):
     an offline batch has no frontend to keep responsive, and a separate engine-core process costs
@@ -79,6 +80,7 @@ def load_llm(model_dir: str | os.PathLike[str]) -> LLM:
     return LLM(
         model=str(model_dir),
         max_model_len=2048,
+        dtype=choose_dtype(dtype).dtype,
         enforce_eager=True,
         enable_prefix_caching=True,  # every prompt shares the system prompt's prefix
         generation_config="vllm",  # sampling comes from here, not the checkpoint's generation_config.json
@@ -101,6 +103,7 @@ def predict_with_model(
     max_new_tokens: int = MAX_NEW_TOKENS,
     llm: LLM | None = None,
     progress: bool = True,
+    dtype: Dtype = "auto",
 ) -> list[Prediction]:
     """Greedy predictions for ``instructions``, in order, from one batched ``generate`` call.
 
@@ -128,7 +131,7 @@ def predict_with_model(
     if constrained and not allowed:
         raise RunnerError(f"{model_dir}: the model card lists no intents to constrain decoding to; "
                           "pass the intents or decode free-form")
-    llm = llm if llm is not None else load_llm(model_dir)
+    llm = llm if llm is not None else load_llm(model_dir, dtype)
     tokenizer = llm.get_tokenizer()
     end_of_turn = tokenizer.convert_tokens_to_ids(END_OF_TURN)
     params = [
@@ -159,7 +162,7 @@ def predict_with_model(
     predictions = [_from_output(out, tokenizer, card.confidence_temperature) for out in outputs]
     statistics = IntentStatistics.load(model_dir)
     if statistics is not None:
-        states = HiddenStates(model_dir)([p["prompt_token_ids"] for p in prompts])
+        states = HiddenStates(model_dir, dtype=dtype)([p["prompt_token_ids"] for p in prompts])
         predictions = [replace(p, typicality=float(t)) for p, t in zip(predictions, statistics.typicality(states))]
     return [
         replace(p, text=f"{oos_label}()")

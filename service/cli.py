@@ -60,8 +60,11 @@ def serve(**flags: Any) -> None:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.cpu_kvcache_gib))
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", str(settings.cpu_reserved_cores))
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from service.hardware import choose_dtype
+
     summary = {**settings.summary(), "model": str(model_dir)}
     click.echo(f"intentlm serve settings: {json.dumps(summary, default=str)}", err=True)
+    click.echo(f"intentlm serve: {choose_dtype(settings.dtype)}", err=True)
     sys.exit(run_server(settings, model_dir))
 
 

@@ -15,6 +15,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.errors import IntentlmError
+from service.hardware import Dtype
 from service.modelcard import base_model_dir, demo_model_dir, is_model_dir
 from service.scope import DEFAULT_OOS_LABEL
 
@@ -33,7 +34,8 @@ class Settings(BaseSettings):
 
     # Engine. A short context keeps the KV cache small; intent prompts are a few dozen tokens.
     max_model_len: int = Field(2048, ge=64, description="Context length (prompt + answer) in tokens.")
-    dtype: str = Field("auto", description="Weights dtype for vLLM (auto: the checkpoint's, bf16 here).")
+    dtype: Dtype = Field("auto", description="Compute dtype of vLLM and the typicality pass; auto: bfloat16 where "
+                         "the hardware computes it natively (CUDA, AVX512-BF16/AMX CPUs), else float32.")
     enforce_eager: bool = Field(True, description="Skip graph capture/compilation: faster start on CPU.")
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="GPU only: share of memory vLLM may take.")
     tensor_parallel_size: int = Field(1, ge=1, description="GPU only: shard the model over this many GPUs (vLLM).")

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from service import metrics
 from service.config import Settings
 from service.errors import ServiceError
+from service.hardware import choose_dtype
 from service.intents import decoding_regex, try_parse
 from service.modelcard import ModelCard, read_card
 from service.prompt import END_OF_TURN, build_prompt, fold_history
@@ -149,7 +150,7 @@ class IntentEngine:
             model=str(model_dir),
             max_model_len=settings.max_model_len,
             max_num_seqs=settings.max_in_flight,
-            dtype=settings.dtype,
+            dtype=choose_dtype(settings.dtype).dtype,
             enforce_eager=settings.enforce_eager,
             enable_prefix_caching=True,  # every request shares the system prompt's prefix
             gpu_memory_utilization=settings.gpu_memory_utilization,
@@ -354,7 +355,7 @@ def typicality_scorer(settings: Settings, model_dir: Path) -> TypicalityScorer |
     if statistics is None:
         return None
     try:
-        states = HiddenStates(model_dir, cpu_threads=1)
+        states = HiddenStates(model_dir, cpu_threads=1, dtype=settings.dtype)
     except (RuntimeError, MemoryError) as exc:  # torch's OutOfMemoryError is a RuntimeError
         raise RuntimeError(
             f"typicality: cannot load the second copy of {model_dir} for its scoring pass ({exc}); lower "

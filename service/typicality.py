@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from service.hardware import Dtype, choose_dtype
 from service.modelcard import STATS_FILE, atomic_write_bytes
 
 SHRINKAGE = 0.1  # chosen on the held-out intents of docs/decisions.md (0.01-0.5 all within 3 points)
@@ -118,21 +119,23 @@ class HiddenStates:
     with (the system prompt's turn, about half of a short request's prompt) run once, and the rest
     of each prompt continues from their keys and values, right-padded: under causal attention padding
     after a prompt changes nothing before it, so a batched state equals the state of the prompt alone
-    (to bf16 rounding). Runs on the GPU when there is one, in bfloat16 (on this project's
-    CPU also the faster type). ``cpu_threads`` sets torch's threads (process-wide) when it runs on the
+    (to bf16 rounding). Runs on the GPU when there is one, in the dtype of service.hardware's rule, the
+    engine's (``dtype``: the server's setting; auto on every other path). ``cpu_threads`` sets torch's threads (process-wide) when it runs on the
     CPU: the server passes 1, so that a pass takes one core from the vLLM engine beside it, not all of
     them (on the 2-core machine 1.7-1.9x the throughput of the default at concurrency 16, BENCHMARKS.md).
     """
 
-    def __init__(self, model_dir: str | os.PathLike[str], cpu_threads: int | None = None) -> None:
+    def __init__(self, model_dir: str | os.PathLike[str], cpu_threads: int | None = None,
+                 dtype: Dtype = "auto") -> None:
         import torch
         from transformers import AutoModel
 
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.dtype = choose_dtype(dtype).dtype
         if self.device == "cpu" and cpu_threads is not None:
             torch.set_num_threads(cpu_threads)
         # AutoModel: the decoder without its vocabulary projection, which this never needs.
-        self.model = AutoModel.from_pretrained(str(model_dir), dtype=torch.bfloat16).to(self.device).eval()
+        self.model = AutoModel.from_pretrained(str(model_dir), dtype=getattr(torch, self.dtype)).to(self.device).eval()
 
     def __call__(self, prompts: Sequence[Sequence[int]]) -> np.ndarray:
         """The states of ``prompts`` (token id lists), in order, as float32 (n, dim)."""

@@ -29,6 +29,7 @@ from typing import Any
 
 from service.dataset import Record, file_sha256, load_dataset
 from service.errors import IntentlmError
+from service.hardware import choose_dtype
 from service.intents import args_are_spans
 from service.modelcard import (
     ADAPTER_DIR,
@@ -212,23 +213,11 @@ def _readable_json(path: Path) -> bool:
 
 
 def compute_dtype(config: TrainConfig) -> Any:
-    """bfloat16 where the hardware computes it natively, else float32 (``dtype: auto``)."""
+    """The torch dtype of service.hardware's rule (``dtype: auto``: bfloat16 where the hardware computes it
+    natively, else float32), the one the server and the evaluator use too."""
     import torch
 
-    if config.dtype != "auto":
-        return getattr(torch, config.dtype)
-    if torch.cuda.is_available():
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    return torch.bfloat16 if torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX") and _cpu_has_bf16() \
-        else torch.float32
-
-
-def _cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return getattr(torch, choose_dtype(config.dtype).dtype)
 
 
 def load_model(plan: TrainPlan) -> Any:
@@ -590,6 +579,7 @@ def describe(plan: TrainPlan) -> list[str]:
     lines = [f"{plan.config.mode} fine-tuning of {plan.base_model} on {plan.data_file}: "
              f"{stats['records_used']} records ({plan.composed} composed), {stats['tokens_per_epoch']} tokens/epoch "
              f"({stats['answer_tokens_per_epoch']} answer tokens scored), {len(plan.intents)} intents"]
+    lines.append(str(choose_dtype(plan.config.dtype)))
     if plan.batch_note:
         lines.append(plan.batch_note)
     if plan.skipped:
