@@ -21,11 +21,12 @@ ENV INTENTLM_TARGET=${TARGET} \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /app
 
-# Dependencies first, in their own layer: it is rebuilt only when pyproject.toml or the install
-# script change, not on every source edit. The editable install maps each top-level package to
-# /app/<package>, so the sources copied afterwards are the ones imported.
+# Dependencies first, in their own layer: it is rebuilt only when pyproject.toml, the install script
+# or the constraints files (the tested versions, deploy/constraints-$TARGET.txt) change, not on every
+# source edit. The editable install maps each top-level package to /app/<package>, so the sources
+# copied afterwards are the ones imported.
 COPY pyproject.toml README.md ./
-COPY deploy/install.sh deploy/install.sh
+COPY deploy/install.sh deploy/constraints-cpu.txt deploy/constraints-gpu.txt deploy/
 COPY intentlm/__init__.py intentlm/
 COPY service/__init__.py service/
 COPY training/__init__.py training/
