@@ -7,6 +7,7 @@ file as it was.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,6 +49,11 @@ def check(file: Path, as_json: bool, seq_length: int | None, model_dir: Path | N
 
     records = _load(file, check_outputs=False)
     report = check_records(records, file=str(file))
+    # The light core (no `train` extra) has no tokenizer library: it lints without the token lengths.
+    tokenizers = importlib.util.find_spec("transformers") is not None
+    if model_dir is not None and not no_tokens and not tokenizers:
+        raise click.UsageError("--model measures token lengths with transformers: install intentlm[train]")
+    no_tokens = no_tokens or not tokenizers
     if model_dir is None and not no_tokens and (base_model_dir() / "tokenizer_config.json").exists():
         model_dir = base_model_dir()
     if records and model_dir is not None and not no_tokens:
