@@ -11,7 +11,8 @@ The pipeline Rasa and Snips NLU made standard for small intent data, without a l
   multi-call training record splits into as many parts as it has calls, so the split is perfect on
   this data: a best case for the pipeline. (Rasa's combined labels, ``alarm_set+audio_volume_mute``,
   were tried first: they cannot name a pair of intents the training data lacks, and answered none
-  of the 18 two-call validation records right, with or without composed records; §26.)
+  of the 18 two-call validation records right, with or without composed records: docs/decisions.md,
+  "A classic NLU pipeline".)
 - **Intent** of each part: TF-IDF over word 1-2-grams and character 2-5-grams, then logistic regression.
 - **Arguments** of each part: a linear-chain CRF (python-crfsuite) tagging each word ``B``/``I``/``O``
   (the data format has no slot types, so the tag says only where an argument is), with the usual
@@ -19,7 +20,8 @@ The pipeline Rasa and Snips NLU made standard for small intent data, without a l
   while training, predicted when answering).
 - **Out-of-scope**: the classifier's top probability (the maximum-softmax-probability detector; the
   lowest over the parts), thresholded by ``eval.calibration.choose_threshold`` on cross-fitted training
-  probabilities: the same rule and data as the product's training-only threshold (bench/accuracy.md §9).
+  probabilities: the same rule and data as the product's training-only threshold (docs/decisions.md, "The
+  typicality threshold from cross-fitted training scores").
 
 Answers are written in the data format and scored by ``eval.metrics`` as `intentlm eval` scores the
 model; ``--report DIR`` writes them as ``predictions.jsonl`` rows (``prediction`` as served, ``raw`` before
@@ -45,12 +47,13 @@ from sklearn.pipeline import Pipeline, make_pipeline, make_union
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from eval.calibration import choose_threshold  # noqa: E402
-from eval.metrics import compute_metrics, reference_record  # noqa: E402
-from service.intents import Call, format_calls  # noqa: E402
-from split_figures import split_figures  # noqa: E402
-from training.data.compose import find_joiner  # noqa: E402
-from training.data.dataset import Record, load_dataset  # noqa: E402
+from split_figures import split_figures
+
+from eval.calibration import choose_threshold
+from eval.metrics import compute_metrics, reference_record
+from service.dataset import Record, load_dataset
+from service.intents import Call, format_calls
+from training.data.compose import find_joiner
 
 WORD = re.compile(r"\w+(?:['’]\w+)*|[^\w\s]")
 OOS = "oos"
@@ -99,13 +102,26 @@ def word_features(text: str, intent: str) -> list[list[str]]:
     words = [m.group(0).lower() for m in tokens(text)]
     out = []
     for i, w in enumerate(words):
-        near = {d: words[i + d] if 0 <= i + d < len(words) else ("<s>" if i + d < 0 else "</s>")
-                for d in (-2, -1, 1, 2)}
-        out.append([
-            f"w={w}", f"suf3={w[-3:]}", f"suf2={w[-2:]}", f"pre3={w[:3]}", f"shape={_shape(w)}",
-            f"w-1={near[-1]}", f"w-2={near[-2]}", f"w+1={near[1]}", f"w+2={near[2]}",
-            f"w-1|w={near[-1]}|{w}", f"w|w+1={w}|{near[1]}", f"intent={intent}", f"intent|w={intent}|{w}",
-        ])
+        near = {
+            d: words[i + d] if 0 <= i + d < len(words) else ("<s>" if i + d < 0 else "</s>") for d in (-2, -1, 1, 2)
+        }
+        out.append(
+            [
+                f"w={w}",
+                f"suf3={w[-3:]}",
+                f"suf2={w[-2:]}",
+                f"pre3={w[:3]}",
+                f"shape={_shape(w)}",
+                f"w-1={near[-1]}",
+                f"w-2={near[-2]}",
+                f"w+1={near[1]}",
+                f"w+2={near[2]}",
+                f"w-1|w={near[-1]}|{w}",
+                f"w|w+1={w}|{near[1]}",
+                f"intent={intent}",
+                f"intent|w={intent}|{w}",
+            ]
+        )
     return out
 
 
@@ -115,7 +131,7 @@ def arguments(text: str, tags: list[str]) -> tuple[str, ...]:
     span: tuple[int, int] | None = None
     for w, tag in itertools.chain(zip(tokens(text), tags), [(None, "O")]):
         if span and tag != "I":
-            args.append(text[span[0]:span[1]])
+            args.append(text[span[0] : span[1]])
             span = None
         if w is not None and tag != "O":
             span = (w.start(), w.end()) if span is None else (span[0], w.end())
@@ -123,8 +139,10 @@ def arguments(text: str, tags: list[str]) -> tuple[str, ...]:
 
 
 def intent_classifier(c: float) -> Pipeline:
-    features = make_union(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True),
-                          TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True))
+    features = make_union(
+        TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True),
+        TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True),
+    )
     return make_pipeline(features, LogisticRegression(C=c, max_iter=5000))
 
 
@@ -153,18 +171,20 @@ class ClassicNLU:
         flat = [part for request in parts for part in request]
         probs = self.classifier.predict_proba(flat)
         names = self.classifier.classes_[probs.argmax(axis=1)]
-        calls = [Call(name, arguments(part, self.tagger.tag(word_features(part, name))))
-                 for part, name in zip(flat, names)]
+        calls = [
+            Call(name, arguments(part, self.tagger.tag(word_features(part, name)))) for part, name in zip(flat, names)
+        ]
         answers, top, i = [], [], 0
         for request in parts:
-            answers.append(format_calls(calls[i:i + len(request)]))
-            top.append(float(probs[i:i + len(request)].max(axis=1).min()))
+            answers.append(format_calls(calls[i : i + len(request)]))
+            top.append(float(probs[i : i + len(request)].max(axis=1).min()))
             i += len(request)
         return answers, top
 
 
 def training_threshold(records: list[Record], c: float, folds: int = 5, seed: int = 42) -> float:
-    """The out-of-scope threshold from cross-fitted training probabilities (intent right or not), as §9."""
+    """The out-of-scope threshold from cross-fitted training probabilities (intent right or not), by the rule
+    of the product's training-only threshold."""
     parts = single_calls(records, find_joiner(records))
     texts = np.array([text for text, _ in parts])
     labels = np.array([call.name for _, call in parts])
@@ -185,26 +205,34 @@ def evaluate(model: ClassicNLU, path: Path, threshold: float, report: Path | Non
     served = [a if p >= threshold else f"{OOS}()" for a, p in zip(answers, top)]
     golds = [r.output for r in records]
     inside = [i for i, g in enumerate(golds) if not g.startswith(f"{OOS}(")]
-    result: dict[str, object] = {"data": str(path), "ms_per_request": round(per_request_ms, 2),
-                                 **split_figures([golds[i] for i in inside], [served[i] for i in inside])}
+    result: dict[str, object] = {
+        "data": str(path),
+        "ms_per_request": round(per_request_ms, 2),
+        **split_figures([golds[i] for i in inside], [served[i] for i in inside]),
+    }
     arg = compute_metrics([golds[i] for i in inside], [served[i] for i in inside])
     result["arg_prf"] = [round(100 * x, 1) for x in (arg.argument_precision, arg.argument_recall, arg.argument_f1)]
     oos = compute_metrics(golds, served).out_of_scope
     if oos is not None:
         before = sum(reference_record(golds[i], answers[i])[0] for i in inside)
-        result["oos"] = {"recall": round(100 * oos.recall, 1), "in_scope_intent": round(100 * oos.in_scope_accuracy, 1),
-                         "in_scope_intent_before": round(100 * before / len(inside), 1),
-                         "in_scope_rejected": round(100 * oos.in_scope_rejected, 1)}
+        result["oos"] = {
+            "recall": round(100 * oos.recall, 1),
+            "in_scope_intent": round(100 * oos.in_scope_accuracy, 1),
+            "in_scope_intent_before": round(100 * before / len(inside), 1),
+            "in_scope_rejected": round(100 * oos.in_scope_rejected, 1),
+        }
     if report is not None:
         report.mkdir(parents=True, exist_ok=True)
-        rows = [{"instruction": r.instruction, "gold": r.output, "prediction": s, "raw": a, "confidence": p}
-                for r, s, a, p in zip(records, served, answers, top)]
+        rows = [
+            {"instruction": r.instruction, "gold": r.output, "prediction": s, "raw": a, "confidence": p}
+            for r, s, a, p in zip(records, served, answers, top)
+        ]
         (report / "predictions.jsonl").write_bytes(b"".join(orjson.dumps(row) + b"\n" for row in rows))
     return result
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("train", type=Path)
     parser.add_argument("eval", type=Path, nargs="+")
     parser.add_argument("--C", type=float, default=10.0, help="inverse regularisation of the intent classifier")
@@ -223,17 +251,28 @@ def main() -> None:
             figures = evaluate(model, args.eval[0], 0.0, None)
             parts = [figures[p] for p in ("single", "multi") if p in figures]
             exact = sum(f["exact"] * f["records"] for f in parts) / sum(f["records"] for f in parts)
-            print(orjson.dumps({"C": c, "c1": c1, "c2": c2, "exact_all": round(exact, 1),
-                                **{k: figures[k] for k in ("single", "multi", "arg_prf") if k in figures}}).decode(),
-                  flush=True)
+            print(
+                orjson.dumps(
+                    {
+                        "C": c,
+                        "c1": c1,
+                        "c2": c2,
+                        "exact_all": round(exact, 1),
+                        **{k: figures[k] for k in ("single", "multi", "arg_prf") if k in figures},
+                    }
+                ).decode(),
+                flush=True,
+            )
         return
 
     started = time.perf_counter()
     model = ClassicNLU(records, c=args.C, c1=args.c1, c2=args.c2, model_path=args.work / "model.crfsuite")
     trained = time.perf_counter() - started
     threshold = training_threshold(records, args.C)
-    print(f"trained in {trained:.1f} s; {model.skipped} calls without whole-word argument spans; "
-          f"out-of-scope threshold {threshold:.3f} (cross-fitted, {time.perf_counter() - started - trained:.1f} s)")
+    print(
+        f"trained in {trained:.1f} s; {model.skipped} calls without whole-word argument spans; "
+        f"out-of-scope threshold {threshold:.3f} (cross-fitted, {time.perf_counter() - started - trained:.1f} s)"
+    )
     for path in args.eval:
         report = args.report / path.stem if args.report else None
         print(orjson.dumps(evaluate(model, path, threshold, report)).decode())

@@ -10,7 +10,8 @@ Against a running server, the same N test utterances are labelled three ways, in
     intentlm serve --port 8765 &
     .venv/bin/python bench/client.py --url http://127.0.0.1:8765 -n 32
 
-Prints utterances/s for each and the ratio to the baseline.
+Prints utterances/s for each and the ratio to the baseline. The utterances are the first N of the
+repository's data/smarthome/smarthome_test.json (``--data`` reads another file).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from clients import AsyncIntentClient, IntentClient
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "smarthome_test.json"
+DEFAULT_DATA = Path(__file__).resolve().parents[1] / "data" / "smarthome" / "smarthome_test.json"
 
 
 def main() -> None:
@@ -40,7 +41,11 @@ def main() -> None:
         client.predict_batch(texts[:4])  # warm the connection and the server's caches
         results = {"sequential": timed(lambda: [client.predict(text) for text in texts])}
         results["batched"] = timed(
-            lambda: [p for i in range(0, len(texts), args.batch_size) for p in client.predict_batch(texts[i : i + args.batch_size])]
+            lambda: [
+                p
+                for i in range(0, len(texts), args.batch_size)
+                for p in client.predict_batch(texts[i : i + args.batch_size])
+            ]
         )
 
     async def concurrent() -> None:

@@ -9,14 +9,17 @@ JSON objects) and the server's resident memory over time (VmRSS summed over its 
     .venv/bin/python bench/load.py --url http://127.0.0.1:8000 --token T --model DIR \
         --concurrency 1,8,32,64 --duration 30          # a sweep: one level after another
     .venv/bin/python bench/load.py ... --concurrency 32 --duration 600 --rss-every 30   # a soak
+    .venv/bin/python bench/load.py ... --concurrency 1 --duration 2 --max-requests 4    # a smoke run
 
-Utterances are the smart-home test set's instructions (HWU64 subset, CC BY 4.0, Liu et al. 2019).
+Utterances are the smart-home test set's instructions (HWU64 subset, CC BY 4.0, Liu et al. 2019), from the
+repository's data/smarthome/ (``--data`` reads another file).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -32,13 +35,14 @@ from urllib.parse import urlparse
 import httpx
 import psutil
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from service.intents import IntentParseError, parse  # noqa: E402
 from service.modelcard import read_card  # noqa: E402
 
-DATA = Path(os.environ.get("INTENTLM_DATA_DIR", REPO.parent / "shared" / "data")) / "smarthome_test.json"
+DATA_DIR = Path(os.environ.get("INTENTLM_DATA_DIR", Path(__file__).resolve().parents[1] / "data" / "smarthome"))
+DATA = DATA_DIR / "smarthome_test.json"
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 # The mix, by weight: what a voice-assistant backend sends, mostly single utterances.
 MIX = {"single": 50, "batch": 10, "free_form": 10, "eas": 20, "eas_stream": 10}
@@ -70,14 +74,17 @@ def check_intents(answer: Any, known: set[str]) -> str | None:
     return None
 
 
-async def one_request(client: httpx.AsyncClient, kind: str, texts: list[str], known: set[str],
-                      rng: random.Random) -> tuple[str, float, str | None]:
+async def one_request(
+    client: httpx.AsyncClient, kind: str, texts: list[str], known: set[str], rng: random.Random
+) -> tuple[str, float, str | None]:
     """Send one request of ``kind``; returns (status, seconds, malformation)."""
     text = rng.choice(texts)
     start = time.perf_counter()
     problem = None
     if kind == "eas_stream":
-        async with client.stream("POST", "/", json={"prompt": text, "max_new_tokens": 16, "use_stream_chat": True}) as r:
+        async with client.stream(
+            "POST", "/", json={"prompt": text, "max_new_tokens": 16, "use_stream_chat": True}
+        ) as r:
             body = await r.aread()
         if r.status_code == 200:
             parts = body.split(b"\0")
@@ -104,8 +111,16 @@ async def one_request(client: httpx.AsyncClient, kind: str, texts: list[str], kn
     return str(r.status_code), time.perf_counter() - start, problem
 
 
-async def drive(url: str, token: str | None, concurrency: int, duration_s: float, max_requests: int,
-                texts: list[str], known: set[str], seed: int) -> tuple[Results, float]:
+async def drive(
+    url: str,
+    token: str | None,
+    concurrency: int,
+    duration_s: float,
+    max_requests: int,
+    texts: list[str],
+    known: set[str],
+    seed: int,
+) -> tuple[Results, float]:
     """``concurrency`` workers send back-to-back until the time or request budget is spent."""
     results = Results()
     deadline = time.monotonic() + duration_s
@@ -164,10 +179,8 @@ async def sample_rss(pid: int, every_s: float, samples: list[tuple[float, float]
     start = time.monotonic()
     while not stop.is_set():
         samples.append((round(time.monotonic() - start, 1), round(tree_rss_mib(pid), 1)))
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), every_s)
-        except TimeoutError:
-            pass
     samples.append((round(time.monotonic() - start, 1), round(tree_rss_mib(pid), 1)))
 
 
@@ -177,13 +190,15 @@ def percentile(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
 
-async def run_level(args: argparse.Namespace, concurrency: int, texts: list[str], known: set[str],
-                    pid: int | None) -> dict[str, Any]:
+async def run_level(
+    args: argparse.Namespace, concurrency: int, texts: list[str], known: set[str], pid: int | None
+) -> dict[str, Any]:
     samples: list[tuple[float, float]] = []
     stop = asyncio.Event()
     sampler = asyncio.ensure_future(sample_rss(pid, args.rss_every, samples, stop)) if pid else None
-    results, elapsed = await drive(args.url, args.token, concurrency, args.duration, args.max_requests, texts,
-                                   known, args.seed)
+    results, elapsed = await drive(
+        args.url, args.token, concurrency, args.duration, args.max_requests, texts, known, args.seed
+    )
     stop.set()
     if sampler:
         await sampler
@@ -219,6 +234,7 @@ def main() -> None:
     parser.add_argument("--rss-every", type=float, default=5.0, help="Seconds between RSS samples.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="Also write the results as JSON here.")
+    parser.add_argument("--data", type=Path, default=DATA, help="Records whose instructions are sent.")
     args = parser.parse_args()
 
     if urlparse(args.url).hostname not in LOOPBACK:
@@ -230,7 +246,7 @@ def main() -> None:
     if card is None or not card.intents:
         parser.error(f"{args.model} has no intentlm.json with intents")
     known = {*card.intents, "oos"}
-    texts = [record["instruction"] for record in json.loads(DATA.read_text())]
+    texts = [record["instruction"] for record in json.loads(args.data.read_text())]
     pid = server_pid(args.url, args.pid)
     if pid is None:
         print("warning: server pid not found; RSS is not sampled (pass --pid)", file=sys.stderr)
@@ -250,8 +266,10 @@ def main() -> None:
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in report:
         rss = f"{r['rss_mib'][0][1]:.0f} → {r['rss_mib'][-1][1]:.0f}" if r["rss_mib"] else "n/a"
-        print(f"| {r['concurrency']} | {r['req_per_s']} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | "
-              f"{r['requests']} | {r['errors_5xx']} | {r['malformed']} | {rss} |")
+        print(
+            f"| {r['concurrency']} | {r['req_per_s']} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | "
+            f"{r['requests']} | {r['errors_5xx']} | {r['malformed']} | {rss} |"
+        )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,9 @@ with a smart-home card (the 12 HWU64 intents, CC BY 4.0, Liu et al. 2019). Utter
 smart-home test set's instructions, cycled. Prints a Markdown table for BENCHMARKS.md.
 
     .venv/bin/python bench/serve_bench.py [--requests-per-level 2] [--out runs/serve_bench.json]
+    .venv/bin/python bench/serve_bench.py --only intentlm --levels 1 --min-requests 2   # a smoke run
+
+The data is the repository's data/smarthome/ (INTENTLM_DATA_DIR points at another copy).
 """
 
 from __future__ import annotations
@@ -26,20 +29,20 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import psutil
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from service.intents import intent_regex, parse  # noqa: E402
 from service.modelcard import ModelCard, base_model_dir, write_card  # noqa: E402
 from service.prompt import build_prompt  # noqa: E402
 
-DATA = Path(os.environ.get("INTENTLM_DATA_DIR", REPO.parent / "shared" / "data"))
+DATA = Path(os.environ.get("INTENTLM_DATA_DIR", Path(__file__).resolve().parents[1] / "data" / "smarthome"))
 SYSTEM_PROMPT = (
     "You are an intent recognition expert for a smart home assistant. Answer with the intent calls "
     "of the user's request, such as iot_hue_lightoff() or alarm_set(7 am)."
@@ -98,7 +101,9 @@ def stop(process: subprocess.Popen) -> None:
         process.wait()
 
 
-async def load(send: Callable[[httpx.AsyncClient, str], object], texts: list[str], concurrency: int, total: int) -> dict:
+async def load(
+    send: Callable[[httpx.AsyncClient, str], object], texts: list[str], concurrency: int, total: int
+) -> dict:
     """``total`` requests from ``concurrency`` workers; latency of each, overall throughput."""
     latencies: list[float] = []
     outputs: list[object] = []
@@ -134,10 +139,17 @@ def checked(reply: httpx.Response) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests-per-level", type=int, default=2, help="requests = max(16, this × concurrency)")
+    parser.add_argument(
+        "--requests-per-level", type=int, default=2, help="requests = max(--min-requests, this × concurrency)"
+    )
+    parser.add_argument("--min-requests", type=int, default=16, help="the fewest requests per level")
+    parser.add_argument("--levels", default=",".join(map(str, LEVELS)), help="comma-separated concurrencies")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "serve_bench.json")
     parser.add_argument("--only", nargs="*", default=["intentlm", "vllm", "transformers"])
     args = parser.parse_args()
+    levels = [int(level) for level in args.levels.split(",")]
+    if not all(level >= 1 for level in levels) or args.min_requests < 1:
+        parser.error("--levels must be positive concurrencies and --min-requests at least 1")
 
     # The same engine settings for every vLLM server (intentlm's defaults), so (a) and (c) compare alike.
     env = {
@@ -160,7 +172,8 @@ def main() -> None:
         try:
             for label, send in sends.items():
                 results[label] = [
-                    asyncio.run(load(send, texts, c, max(16, args.requests_per_level * c))) for c in LEVELS
+                    asyncio.run(load(send, texts, c, max(args.min_requests, args.requests_per_level * c)))
+                    for c in levels
                 ]
                 print(label, json.dumps(results[label], default=str), flush=True)
             rss[name] = tree_rss_mib(process)
@@ -179,10 +192,22 @@ def main() -> None:
             body = {"prompt": text, "max_new_tokens": 16}
             return checked(await client.post(f"{url}/", json=body, headers=auth))["response"]
 
-        command = [str(REPO / ".venv" / "bin" / "intentlm"), "serve", "--model", str(model), "--port", str(port),
-                   "--api-token", TOKEN]
-        run("intentlm", command, f"{url}/health/ready", {"(a) intentlm /v1/intents": intents_send,
-                                                         "(b) intentlm POST / (EAS)": eas_send})
+        command = [
+            str(REPO / ".venv" / "bin" / "intentlm"),
+            "serve",
+            "--model",
+            str(model),
+            "--port",
+            str(port),
+            "--api-token",
+            TOKEN,
+        ]
+        run(
+            "intentlm",
+            command,
+            f"{url}/health/ready",
+            {"(a) intentlm /v1/intents": intents_send, "(b) intentlm POST / (EAS)": eas_send},
+        )
 
     if "vllm" in args.only:
         from transformers import AutoTokenizer
@@ -193,14 +218,36 @@ def main() -> None:
 
         async def vllm_send(client: httpx.AsyncClient, text: str) -> object:
             prompt = build_prompt(text, system_prompt=SYSTEM_PROMPT, tokenizer=tokenizer)
-            body = {"model": "m", "prompt": prompt, "max_tokens": 64, "temperature": 0, "logprobs": 0,
-                    "structured_outputs": {"regex": regex}}
+            body = {
+                "model": "m",
+                "prompt": prompt,
+                "max_tokens": 64,
+                "temperature": 0,
+                "logprobs": 0,
+                "structured_outputs": {"regex": regex},
+            }
             return checked(await client.post(f"{url}/v1/completions", json=body))["choices"][0]["text"]
 
-        command = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
-                   "--served-model-name", "m", "--port", str(port), "--max-model-len", "2048",
-                   "--max-num-seqs", "64", "--enforce-eager", "--enable-prefix-caching", "--generation-config", "vllm",
-                   "--disable-uvicorn-access-log"]
+        command = [
+            python,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(model),
+            "--served-model-name",
+            "m",
+            "--port",
+            str(port),
+            "--max-model-len",
+            "2048",
+            "--max-num-seqs",
+            "64",
+            "--enforce-eager",
+            "--enable-prefix-caching",
+            "--generation-config",
+            "vllm",
+            "--disable-uvicorn-access-log",
+        ]
         run("vllm", command, f"{url}/health", {"(c) vLLM OpenAI server": vllm_send})
 
     if "transformers" in args.only:
@@ -210,12 +257,18 @@ def main() -> None:
         async def hf_send(client: httpx.AsyncClient, text: str) -> object:
             return checked(await client.post(f"{url}/predict", json={"text": text}))["raw"]
 
-        command = [python, str(REPO / "bench" / "serve_transformers_baseline.py"), "--model", str(model),
-                   "--port", str(port)]
+        command = [
+            python,
+            str(REPO / "bench" / "serve_transformers_baseline.py"),
+            "--model",
+            str(model),
+            "--port",
+            str(port),
+        ]
         run("transformers", command, f"{url}/health", {"(d) transformers generate": hf_send})
 
     report = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.processor() or platform.machine()}, {psutil.cpu_count()} CPUs, "
         f"{psutil.virtual_memory().total / 2**30:.0f} GiB",
         "command": " ".join(sys.argv),
@@ -231,8 +284,10 @@ def markdown(report: dict) -> str:
     lines = ["| server | concurrency | requests | p50 ms | p99 ms | req/s |", "|---|---|---|---|---|---|"]
     for name, levels in report["results"].items():
         for level in levels:
-            lines.append(f"| {name} | {level['concurrency']} | {level['requests']} | {level['p50_ms']:.0f} | "
-                         f"{level['p99_ms']:.0f} | {level['req_per_s']:.2f} |")
+            lines.append(
+                f"| {name} | {level['concurrency']} | {level['requests']} | {level['p50_ms']:.0f} | "
+                f"{level['p99_ms']:.0f} | {level['req_per_s']:.2f} |"
+            )
     lines.append("")
     lines.append("RSS (MiB, process tree): " + ", ".join(f"{k} {v:.0f}" for k, v in report["rss_mib"].items()))
     return "\n".join(lines)

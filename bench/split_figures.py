@@ -1,6 +1,10 @@
-"""Single-call and multi-call figures of an `intentlm eval` report, apart (bench/accuracy.md tables).
+"""Single-call and multi-call figures of an `intentlm eval` report, apart (the tables of docs/decisions.md).
 
     .venv/bin/python bench/split_figures.py REPORT_DIR [REPORT_DIR ...]
+
+Prints one JSON line per report: for its single-call and its multi-call records, the records, the reference
+script's intent and parameter accuracy, the exact match and the argument F1 (percent). bench/recipe_run.sh and
+bench/classic_baseline.py print their figures with it.
 
 The reference script's parameter figure compares the first gold call's arguments with the whole
 prediction's, so a correct two-call answer counts as wrong: only its single-call part is comparable.
@@ -8,13 +12,14 @@ prediction's, so a correct two-call answer counts as wrong: only its single-call
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from eval.report import read_predictions  # noqa: E402
+from eval.report import read_predictions
 
 
 def by_call_count(golds: list[str], answers: list[str]) -> dict[str, tuple[int, Any]]:
@@ -30,11 +35,17 @@ def by_call_count(golds: list[str], answers: list[str]) -> dict[str, tuple[int, 
 
 
 def split_figures(golds: list[str], answers: list[str]) -> dict[str, dict[str, float]]:
-    """The accuracy.md tables' figures (percent) of the single-call and the multi-call records."""
-    return {part: {"records": n, "intent": round(100 * m.reference.intent_accuracy, 1),
-                   "param": round(100 * m.reference.parameter_accuracy, 1), "exact": round(100 * m.exact_match, 1),
-                   "arg_f1": round(100 * m.argument_f1, 1)}
-            for part, (n, m) in by_call_count(golds, answers).items()}
+    """The figures (percent) of the single-call and the multi-call records."""
+    return {
+        part: {
+            "records": n,
+            "intent": round(100 * m.reference.intent_accuracy, 1),
+            "param": round(100 * m.reference.parameter_accuracy, 1),
+            "exact": round(100 * m.exact_match, 1),
+            "arg_f1": round(100 * m.argument_f1, 1),
+        }
+        for part, (n, m) in by_call_count(golds, answers).items()
+    }
 
 
 def figures(report: Path) -> dict[str, dict[str, float]]:
@@ -42,6 +53,12 @@ def figures(report: Path) -> dict[str, dict[str, float]]:
     return split_figures([r["gold"] for r in rows], [r["raw"] for r in rows])
 
 
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("reports", type=Path, nargs="+", metavar="REPORT_DIR", help="`intentlm eval --report` folders")
+    for report in parser.parse_args().reports:
+        print(report, json.dumps(figures(report)))
+
+
 if __name__ == "__main__":
-    for arg in sys.argv[1:]:
-        print(arg, json.dumps(figures(Path(arg))))
+    main()

@@ -3,8 +3,9 @@
     .venv/bin/python bench/typicality_pass.py [--model DIR] [--data FILE] [--repeat 2]
 
 Times service.typicality.HiddenStates over the instructions of FILE (default: smarthome_test + smarthome_oos_test,
-HWU64, CC BY 4.0) rendered as the server renders them, in batches of 16, with torch's default threads; the two ways
-alternate ``--repeat`` times. Prints seconds per run and the largest typicality difference between them.
+HWU64, CC BY 4.0, in data/smarthome/) rendered as the server renders them, in batches of 16, with torch's default
+threads; the two ways alternate ``--repeat`` times. Prints seconds per run and the largest typicality difference
+between them.
 """
 
 from __future__ import annotations
@@ -16,27 +17,31 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import service.typicality as typicality  # noqa: E402
-from service.modelcard import demo_model_dir, read_card  # noqa: E402
-from service.prompt import build_prompt  # noqa: E402
+import service.typicality as typicality
+from service.modelcard import demo_model_dir, read_card
+from service.prompt import prompt_token_ids
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(__file__).resolve().parents[1] / "data" / "smarthome"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=demo_model_dir())
-    parser.add_argument("--data", type=Path, nargs="*",
-                        default=[DATA / "smarthome_test.json", DATA / "smarthome_oos_test.json"])
+    parser.add_argument(
+        "--data", type=Path, nargs="*", default=[DATA / "smarthome_test.json", DATA / "smarthome_oos_test.json"]
+    )
     parser.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args()
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     card = read_card(args.model)
+    if card is None:
+        parser.error(f"{args.model} has no intentlm.json")
     instructions = [r["instruction"] for f in args.data for r in json.loads(f.read_text())]
-    prompts = [tokenizer.encode(build_prompt(t, system_prompt=card.system_prompt, tokenizer=tokenizer),
-                                add_special_tokens=False) for t in instructions]
+    prompts = prompt_token_ids(
+        instructions, tokenizer, system_prompt=card.system_prompt, apply_chat_template=card.apply_chat_template
+    )
     states = typicality.HiddenStates(args.model)
     statistics = typicality.IntentStatistics.load(args.model)
     states(prompts[:32])  # warm-up
