@@ -53,7 +53,7 @@ def test_the_default_preset_is_the_studied_recipe_and_none_keeps_the_knob_defaul
     assert next(p for p in train.params if p.name == "preset").default == DEFAULT_PRESET == "intent"
     config, explicit = resolve_config(DEFAULT_PRESET)
     assert (config.mode, config.learning_rate, config.num_train_epochs) == ("full", 1e-4, 3) and explicit == set()
-    assert config.compose_multi_intent == 0.2  # bench/accuracy.md §13
+    assert config.compose_multi_intent == 0.2  # docs/decisions.md, "Recipe and presets"
     assert config.model_dump() == TrainConfig(**PRESETS[DEFAULT_PRESET]).model_dump()
     assert resolve_config("none")[0] == resolve_config(None)[0] == TrainConfig()
 
