@@ -37,8 +37,10 @@ REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = REPO / "data" / "smarthome"
 # As in the tests: prepared models live in the checkout's cache unless the caller chose one.
 os.environ.setdefault("INTENTLM_HOME", str(REPO / ".cache" / "intentlm"))
-REFERENCE_SYSTEM_PROMPT = ("You are an intent recognition expert. You can recognize an intent based on user "
-                           "questions and return the corresponding intent and parameters. ")
+REFERENCE_SYSTEM_PROMPT = (
+    "You are an intent recognition expert. You can recognize an intent based on user "
+    "questions and return the corresponding intent and parameters. "
+)
 
 
 def default_model(workdir: Path) -> Path:
@@ -55,8 +57,12 @@ def default_model(workdir: Path) -> Path:
         if item.name != "intentlm.json":
             (model / item.name).symlink_to(item)
     train = json.loads((DATA_DIR / "smarthome_train.json").read_text())
-    write_card(model, ModelCard(base_model=base_model_dir().name,
-                                intents=sorted({c.name for r in train for c in parse(r["output"])})))
+    write_card(
+        model,
+        ModelCard(
+            base_model=base_model_dir().name, intents=sorted({c.name for r in train for c in parse(r["output"])})
+        ),
+    )
     return model
 
 
@@ -72,8 +78,10 @@ def timed(command: list[str]) -> tuple[float, str]:
 def reference_run(script: Path, model: Path, data: Path) -> tuple[float, tuple[float, float]]:
     """The user's copy of the reference script, timed as a subprocess; its two printed figures."""
     if "sys.argv" not in script.read_text():
-        sys.exit(f"{script} does not read sys.argv: make its model path sys.argv[1] and its test file sys.argv[2] "
-                 "(see bench/eval_bench.py's docstring)")
+        sys.exit(
+            f"{script} does not read sys.argv: make its model path sys.argv[1] and its test file sys.argv[2] "
+            "(see bench/eval_bench.py's docstring)"
+        )
     wall, out = timed([sys.executable, str(script), str(model), str(data)])
     intent = re.search(r"Intent recognition accuracy: ([\d.]+)", out)
     params = re.search(r"Parameter recognition accuracy: ([\d.]+)", out)
@@ -83,8 +91,19 @@ def reference_run(script: Path, model: Path, data: Path) -> tuple[float, tuple[f
 
 
 def intentlm_run(model: Path, data: Path, out: Path, *extra: str) -> tuple[float, tuple[float, float]]:
-    wall, _ = timed([str(REPO / ".venv" / "bin" / "intentlm"), "eval", "--model", str(model), "--data", str(data),
-                     "--report", str(out), *extra])
+    wall, _ = timed(
+        [
+            str(REPO / ".venv" / "bin" / "intentlm"),
+            "eval",
+            "--model",
+            str(model),
+            "--data",
+            str(data),
+            "--report",
+            str(out),
+            *extra,
+        ]
+    )
     reference = json.loads((out / "metrics.json").read_text())["metrics"]["reference"]
     return wall, (reference["intent_accuracy"], reference["parameter_accuracy"])
 
@@ -94,9 +113,13 @@ def main() -> None:
     parser.add_argument("--model", type=Path)
     parser.add_argument("--data", type=Path, default=DATA_DIR / "smarthome_test.json")
     parser.add_argument("--subset", type=int, default=8, help="rows the reference script runs on")
-    parser.add_argument("--reference-script", type=Path, metavar="PATH",
-                        help="your copy of the reference evaluation script, reading the model from sys.argv[1] and "
-                             "the test file from sys.argv[2] (see the module docstring); without it, no baseline")
+    parser.add_argument(
+        "--reference-script",
+        type=Path,
+        metavar="PATH",
+        help="your copy of the reference evaluation script, reading the model from sys.argv[1] and "
+        "the test file from sys.argv[2] (see the module docstring); without it, no baseline",
+    )
     args = parser.parse_args()
     script = args.reference_script.resolve() if args.reference_script else None
     if script is not None and not script.is_file():
@@ -126,8 +149,10 @@ def main() -> None:
         table += [row(free_label, n_full, full_wall, full_figures, 3), row(con_label, n_full, con_wall, con_figures, 3)]
         print(f"Model: `{model}`; data: `{args.data}` ({n_full} records).\n")
         print("\n".join(table))
-        print("\n- Baseline skipped: no `--reference-script` given, so neither the reference script nor intentlm's "
-              "like-for-like\n  subset run ran (pass your copy of the script to compare).")
+        print(
+            "\n- Baseline skipped: no `--reference-script` given, so neither the reference script nor intentlm's "
+            "like-for-like\n  subset run ran (pass your copy of the script to compare)."
+        )
         return
     ref_per_row = ref_wall / n_sub
     table += [

@@ -1,8 +1,8 @@
 """The Python client for an intentlm (or EAS-compatible) service. Depends on httpx and pydantic only.
 
-    from clients import IntentClient
-    with IntentClient("http://127.0.0.1:8000") as client:
-        print(client.predict("turn the lights off"))
+from clients import IntentClient
+with IntentClient("http://127.0.0.1:8000") as client:
+    print(client.predict("turn the lights off"))
 """
 
 from clients.client import AsyncIntentClient, IntentClient, Retries

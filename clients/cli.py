@@ -51,11 +51,15 @@ from clients.models import History
     help="JSON file of [[user, assistant], ...] turns: sent as history, then the new turn is appended.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the whole reply as JSON.")
-@click.option("--batch-size", type=click.IntRange(1, 64), default=32, show_default=True, help="[ask -] Lines per request.")
+@click.option(
+    "--batch-size", type=click.IntRange(1, 64), default=32, show_default=True, help="[ask -] Lines per request."
+)
 @click.option("--url", envvar=URL_ENV, default=DEFAULT_URL, show_default=True, show_envvar=True, help="Service URL.")
 @click.option("--token", envvar=TOKEN_ENV, show_envvar=True, help="API token (sent as the Authorization header).")
 @click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds to wait for an answer.")
-@click.option("--retries", type=click.IntRange(0), default=3, show_default=True, help="Retries when busy or unreachable.")
+@click.option(
+    "--retries", type=click.IntRange(0), default=3, show_default=True, help="Retries when busy or unreachable."
+)
 def ask(
     text: tuple[str, ...],
     prompt: str | None,
@@ -140,7 +144,7 @@ def _chat(
         response = ""
         for text in client.stream(prompt, history, system_prompt=system_prompt, **sampling):
             # Each update carries the whole text so far: print only what is new.
-            new = text[len(response):] if text.startswith(response) else "\n" + text
+            new = text[len(response) :] if text.startswith(response) else "\n" + text
             click.echo(new, nl=False)
             response = text
         click.echo()

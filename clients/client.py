@@ -81,7 +81,9 @@ def _retryable(error: IntentLMError) -> bool:
     if isinstance(error, OverloadedError):
         return True
     # Only failures to connect: once the request was sent, the server may be working on it.
-    return isinstance(error, ConnectionError) and isinstance(error.__cause__, (httpx.ConnectError, httpx.ConnectTimeout))
+    return isinstance(error, ConnectionError) and isinstance(
+        error.__cause__, (httpx.ConnectError, httpx.ConnectTimeout)
+    )
 
 
 def _transport_error(exc: httpx.TransportError) -> IntentLMError:
@@ -235,8 +237,14 @@ class IntentClient(_BaseClient):
     ) -> tuple[str, History]:
         """Free-form generation on the EAS-compatible ``POST /``: ``(response, history)``."""
         body = self._chat_body(
-            prompt, history, False, system_prompt=system_prompt,
-            top_k=top_k, top_p=top_p, temperature=temperature, max_new_tokens=max_new_tokens,
+            prompt,
+            history,
+            False,
+            system_prompt=system_prompt,
+            top_k=top_k,
+            top_p=top_p,
+            temperature=temperature,
+            max_new_tokens=max_new_tokens,
         )
         reply = self._parse(self._post("", body), ChatReply)
         return reply.response, reply.history
@@ -254,8 +262,14 @@ class IntentClient(_BaseClient):
     ) -> Iterator[str]:
         """``chat`` with ``use_stream_chat``: yields the whole text so far each time it grows."""
         body = self._chat_body(
-            prompt, history, True, system_prompt=system_prompt,
-            top_k=top_k, top_p=top_p, temperature=temperature, max_new_tokens=max_new_tokens,
+            prompt,
+            history,
+            True,
+            system_prompt=system_prompt,
+            top_k=top_k,
+            top_p=top_p,
+            temperature=temperature,
+            max_new_tokens=max_new_tokens,
         )
         splitter = _NulSplitter()
         with self._open("POST", "", body) as response:
@@ -368,8 +382,14 @@ class AsyncIntentClient(_BaseClient):
     ) -> tuple[str, History]:
         """Free-form generation on the EAS-compatible ``POST /``: ``(response, history)``."""
         body = self._chat_body(
-            prompt, history, False, system_prompt=system_prompt,
-            top_k=top_k, top_p=top_p, temperature=temperature, max_new_tokens=max_new_tokens,
+            prompt,
+            history,
+            False,
+            system_prompt=system_prompt,
+            top_k=top_k,
+            top_p=top_p,
+            temperature=temperature,
+            max_new_tokens=max_new_tokens,
         )
         reply = self._parse(await self._post("", body), ChatReply)
         return reply.response, reply.history
@@ -387,8 +407,14 @@ class AsyncIntentClient(_BaseClient):
     ) -> AsyncIterator[str]:
         """``chat`` with ``use_stream_chat``: yields the whole text so far each time it grows."""
         body = self._chat_body(
-            prompt, history, True, system_prompt=system_prompt,
-            top_k=top_k, top_p=top_p, temperature=temperature, max_new_tokens=max_new_tokens,
+            prompt,
+            history,
+            True,
+            system_prompt=system_prompt,
+            top_k=top_k,
+            top_p=top_p,
+            temperature=temperature,
+            max_new_tokens=max_new_tokens,
         )
         splitter = _NulSplitter()
         async with self._open("POST", "", body) as response:

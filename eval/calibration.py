@@ -98,8 +98,15 @@ def reliability(confidences: Sequence[float], correct: Sequence[bool], bins: int
         low, high = i / bins, (i + 1) / bins
         members = [(c, ok) for c, ok, b in zip(confidences, correct, index) if b == i]
         if members:
-            out.append(Bin(low, high, len(members), sum(c for c, _ in members) / len(members),
-                           sum(ok for _, ok in members) / len(members)))
+            out.append(
+                Bin(
+                    low,
+                    high,
+                    len(members),
+                    sum(c for c, _ in members) / len(members),
+                    sum(ok for _, ok in members) / len(members),
+                )
+            )
     return out
 
 
@@ -125,9 +132,12 @@ def ece_noise(confidences: Sequence[float], bins: int = BINS, draws: int = 1000,
     members = np.eye(bins)[bin_indices(conf, bins)]  # records x bins
     rng = np.random.default_rng(seed)
     chunk = max(1, 2_000_000 // len(conf))  # draws at a time, so that a large file needs no large matrix
-    ece = np.concatenate([
-        np.abs(conf @ members - (rng.random((min(chunk, draws - start), len(conf))) < conf) @ members).sum(axis=1)
-        for start in range(0, draws, chunk)]) / len(conf)
+    ece = np.concatenate(
+        [
+            np.abs(conf @ members - (rng.random((min(chunk, draws - start), len(conf))) < conf) @ members).sum(axis=1)
+            for start in range(0, draws, chunk)
+        ]
+    ) / len(conf)
     return float(ece.mean()), float(np.quantile(ece, 0.95))
 
 
@@ -172,8 +182,11 @@ def from_rows(rows: Sequence[dict[str, Any]], oos_label: str) -> Confidences | N
         in_scope=[r["confidence"] for r in inside],
         in_scope_correct=[score_record(r["gold"], r["raw"]).intent_correct for r in inside],
         out_of_scope=[r["confidence"] for r in outside],
-        other={name: ([r[name] for r in inside], [r[name] for r in outside]) for name in OTHER_SCORES
-               if all(r.get(name) is not None for r in scored)},
+        other={
+            name: ([r[name] for r in inside], [r[name] for r in outside])
+            for name in OTHER_SCORES
+            if all(r.get(name) is not None for r in scored)
+        },
     )
 
 
@@ -189,8 +202,15 @@ def calibration_png(c: Confidences, rule: OutOfScopeRule | None = None) -> bytes
     if c.in_scope:
         bins = reliability(c.in_scope, c.in_scope_correct)
         ece = expected_calibration_error(c.in_scope, c.in_scope_correct)
-        left.bar([b.low for b in bins], [b.accuracy for b in bins], width=1 / BINS, align="edge",
-                 edgecolor="black", alpha=0.7, label="accuracy")
+        left.bar(
+            [b.low for b in bins],
+            [b.accuracy for b in bins],
+            width=1 / BINS,
+            align="edge",
+            edgecolor="black",
+            alpha=0.7,
+            label="accuracy",
+        )
         left.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
         for b in bins:
             left.annotate(str(b.count), (b.low + 0.5 / BINS, b.accuracy), ha="center", va="bottom", fontsize=8)
@@ -199,8 +219,10 @@ def calibration_png(c: Confidences, rule: OutOfScopeRule | None = None) -> bytes
         left.set_ylabel("intent accuracy")
         left.legend(loc="upper left")
     rule = rule or OutOfScopeRule()
-    scores = [("confidence", c.in_scope, c.out_of_scope), *((name, *c.other[name]) for name in OTHER_SCORES
-                                                            if name in c.other)]
+    scores = [
+        ("confidence", c.in_scope, c.out_of_scope),
+        *((name, *c.other[name]) for name in OTHER_SCORES if name in c.other),
+    ]
     for name, inside, outside in scores:
         style = STYLES[name]
         threshold = getattr(rule, f"{name}_threshold")
@@ -208,8 +230,13 @@ def calibration_png(c: Confidences, rule: OutOfScopeRule | None = None) -> bytes
         ts = [t for t, _, _ in curve]
         right.plot(ts, [a for _, a, _ in curve], style, color="tab:blue", label=f"in-scope accuracy ({name})")
         if outside:
-            right.plot(ts, [r for _, _, r in curve], style, color="tab:orange",
-                       label=f"out-of-scope recall ({name}, n={len(outside)})")
+            right.plot(
+                ts,
+                [r for _, _, r in curve],
+                style,
+                color="tab:orange",
+                label=f"out-of-scope recall ({name}, n={len(outside)})",
+            )
         if threshold:
             right.axvline(threshold, color="red", linestyle=style, label=f"{name} threshold {threshold:.3f}")
     right.set_title("Out-of-scope threshold trade-off")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,39 +20,85 @@ if TYPE_CHECKING:
 
 
 @click.command("eval")
-@click.option("--model", "model_dir", type=click.Path(path_type=Path, file_okay=False),
-              help="Model directory: predictions from vLLM's offline engine, one batched run.")
+@click.option(
+    "--model",
+    "model_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Model directory: predictions from vLLM's offline engine, one batched run.",
+)
 @click.option("--url", help="Base URL of a running intentlm (or EAS-compatible) service.")
-@click.option("--data", "data_file", type=click.Path(path_type=Path, dir_okay=False),
-              help="Dataset to evaluate on (JSON array of {instruction, output}).")
-@click.option("--report", "report_dir", type=click.Path(path_type=Path, file_okay=False),
-              help="Write metrics.json, predictions.jsonl, confusion.png, report.md and report.html here.")
-@click.option("--free-form", is_flag=True,
-              help="Decode without the intent grammar (the reference script's way). Default: constrained.")
-@click.option("--api", type=click.Choice(["intents", "eas"]), default="intents", show_default=True,
-              help="--url only: POST /v1/intents, or the EAS-compatible POST / (free-form text).")
+@click.option(
+    "--data",
+    "data_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Dataset to evaluate on (JSON array of {instruction, output}).",
+)
+@click.option(
+    "--report",
+    "report_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Write metrics.json, predictions.jsonl, confusion.png, report.md and report.html here.",
+)
+@click.option(
+    "--free-form",
+    is_flag=True,
+    help="Decode without the intent grammar (the reference script's way). Default: constrained.",
+)
+@click.option(
+    "--api",
+    type=click.Choice(["intents", "eas"]),
+    default="intents",
+    show_default=True,
+    help="--url only: POST /v1/intents, or the EAS-compatible POST / (free-form text).",
+)
 @click.option("--token", envvar="INTENTLM_API_TOKEN", help="--url only: API token [env INTENTLM_API_TOKEN].")
-@click.option("--concurrency", type=click.IntRange(1, 1024), default=16, show_default=True,
-              help="--url only: requests in flight at once.")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 1024),
+    default=16,
+    show_default=True,
+    help="--url only: requests in flight at once.",
+)
 @click.option("--system-prompt", help="Override the model card's system prompt.")
-@click.option("--oos-label", default=DEFAULT_OOS_LABEL, show_default=True,
-              help="Intent name of out-of-scope records (for out-of-scope recall).")
-@click.option("--calibrate", is_flag=True,
-              help="--model only: on this held-out IN-SCOPE data (the validation split), fit the confidence "
-                   "temperature and choose the out-of-scope threshold (on --oos-score) that rejects at most 1 % of "
-                   "correct in-scope answers (for typicality: of these and the training requests' cross-fitted "
-                   "scores); write both into the model's intentlm.json (the server's defaults).")
-@click.option("--oos-score", type=click.Choice(["confidence", "typicality"]), default="typicality",
-              show_default=True,
-              help="--calibrate: the score the out-of-scope threshold applies to. typicality: closeness of the "
-                   "prompt's hidden state to the training requests (needs the model's typicality.npz; finds "
-                   "the most out-of-scope requests, docs/decisions.md); confidence: the intent names' probability.")
-@click.option("--dtype", type=click.Choice(["auto", "bfloat16", "float16", "float32"]), default="auto",
-              show_default=True, help="--model only: compute dtype; auto: bfloat16 where the hardware computes it "
-              "natively (CUDA, AVX512-BF16/AMX CPUs), else float32 (the server's rule).")
+@click.option(
+    "--oos-label",
+    default=DEFAULT_OOS_LABEL,
+    show_default=True,
+    help="Intent name of out-of-scope records (for out-of-scope recall).",
+)
+@click.option(
+    "--calibrate",
+    is_flag=True,
+    help="--model only: on this held-out IN-SCOPE data (the validation split), fit the confidence "
+    "temperature and choose the out-of-scope threshold (on --oos-score) that rejects at most 1 % of "
+    "correct in-scope answers (for typicality: of these and the training requests' cross-fitted "
+    "scores); write both into the model's intentlm.json (the server's defaults).",
+)
+@click.option(
+    "--oos-score",
+    type=click.Choice(["confidence", "typicality"]),
+    default="typicality",
+    show_default=True,
+    help="--calibrate: the score the out-of-scope threshold applies to. typicality: closeness of the "
+    "prompt's hidden state to the training requests (needs the model's typicality.npz; finds "
+    "the most out-of-scope requests, docs/decisions.md); confidence: the intent names' probability.",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["auto", "bfloat16", "float16", "float32"]),
+    default="auto",
+    show_default=True,
+    help="--model only: compute dtype; auto: bfloat16 where the hardware computes it "
+    "natively (CUDA, AVX512-BF16/AMX CPUs), else float32 (the server's rule).",
+)
 @click.option("--limit", type=click.IntRange(1), help="Evaluate only the first N records.")
-@click.option("--compare", nargs=2, type=click.Path(path_type=Path, exists=True, dir_okay=False),
-              metavar="A/metrics.json B/metrics.json", help="Show two earlier runs side by side instead.")
+@click.option(
+    "--compare",
+    nargs=2,
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    metavar="A/metrics.json B/metrics.json",
+    help="Show two earlier runs side by side instead.",
+)
 def eval_command(
     model_dir: Path | None,
     url: str | None,
@@ -125,14 +171,29 @@ def eval_command(
         # Calibration looks at the raw scores, and free-form decoding is the reference script's, which has
         # no out-of-scope step; a constrained evaluation applies the card's thresholds, as the server does.
         rule = OutOfScopeRule() if calibrate or free_form else model_card(model_dir).oos_rule()
-    predictions = _predict(model_dir, url, records, free_form=free_form, api=api, token=token,
-                           concurrency=concurrency, system_prompt=system_prompt, oos_label=oos_label,
-                           oos_rule=rule, dtype=dtype)
+    predictions = _predict(
+        model_dir,
+        url,
+        records,
+        free_form=free_form,
+        api=api,
+        token=token,
+        concurrency=concurrency,
+        system_prompt=system_prompt,
+        oos_label=oos_label,
+        oos_rule=rule,
+        dtype=dtype,
+    )
     wall_s = time.perf_counter() - start
 
     latencies = [p.latency_ms for p in predictions if p.latency_ms is not None]
-    metrics = compute_metrics(golds, [p.text for p in predictions], instructions=instructions,
-                              oos_label=oos_label, latencies_ms=latencies or None)
+    metrics = compute_metrics(
+        golds,
+        [p.text for p in predictions],
+        instructions=instructions,
+        oos_label=oos_label,
+        latencies_ms=latencies or None,
+    )
     constrained = not free_form and not (url and api == "eas")
     result = report.EvalResult(
         run=report.RunInfo(
@@ -143,7 +204,7 @@ def eval_command(
             records=len(records),
             constrained=constrained,
             wall_s=round(wall_s, 3),
-            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             oos_label=oos_label,
         ),
         metrics=metrics,
@@ -190,8 +251,10 @@ def _calibrate(model_dir: Path, rows: list[dict], oos_label: str, oos_score: str
     calibrated = rescale(c.in_scope, factor)
     scores = calibrated if oos_score == "confidence" else c.scores(oos_score)
     if scores is None:
-        raise click.ClickException(f"{model_dir}: the model has no typicality statistics (typicality.npz) to "
-                                   "score typicality with; calibrate --oos-score confidence, or retrain it")
+        raise click.ClickException(
+            f"{model_dir}: the model has no typicality statistics (typicality.npz) to "
+            "score typicality with; calibrate --oos-score confidence, or retrain it"
+        )
     # Typicality pools the validation answers with the training requests' cross-fitted scores (service.typicality):
     # more answers to bound the rejection of new in-scope requests with (smart-home split: 115 + 1 037).
     statistics = IntentStatistics.load(model_dir) if oos_score == "typicality" else None
@@ -202,11 +265,16 @@ def _calibrate(model_dir: Path, rows: list[dict], oos_label: str, oos_score: str
     card.oos_threshold = threshold if oos_score == "confidence" else 0.0
     card.typicality_threshold = threshold if oos_score == "typicality" else None
     if not threshold:
-        click.echo(f"warning: {sum(pooled)} correct in-scope answers cannot bound the rejection of "
-                   f"new ones to {1 - KEEP:.0%} (it takes {round(1 / (1 - KEEP)) - 1}): out-of-scope threshold off",
-                   err=True)
+        click.echo(
+            f"warning: {sum(pooled)} correct in-scope answers cannot bound the rejection of "
+            f"new ones to {1 - KEEP:.0%} (it takes {round(1 / (1 - KEEP)) - 1}): out-of-scope threshold off",
+            err=True,
+        )
     card.metrics["calibration"] = {
-        "data": str(data_file), "records": len(c.in_scope), "training_scores": len(held_out), "keep": KEEP,
+        "data": str(data_file),
+        "records": len(c.in_scope),
+        "training_scores": len(held_out),
+        "keep": KEEP,
         "oos_score": oos_score,
         "in_scope_accuracy": round(accuracy_at(0.0, scores, c.in_scope_correct), 4),
         "in_scope_accuracy_at_threshold": round(accuracy_at(threshold, scores, c.in_scope_correct), 4),
@@ -216,8 +284,10 @@ def _calibrate(model_dir: Path, rows: list[dict], oos_label: str, oos_score: str
         "ece_floor": round(ece_noise(calibrated)[0], 4),
     }
     write_card(model_dir, card)
-    click.echo(f"calibrated: confidence_temperature = {card.confidence_temperature}, {oos_score} threshold = "
-               f"{threshold:.6f} written to {model_dir / 'intentlm.json'} ({card.metrics['calibration']})")
+    click.echo(
+        f"calibrated: confidence_temperature = {card.confidence_temperature}, {oos_score} threshold = "
+        f"{threshold:.6f} written to {model_dir / 'intentlm.json'} ({card.metrics['calibration']})"
+    )
     return card.oos_rule()
 
 
@@ -240,14 +310,27 @@ def _predict(
 
     try:
         if url is not None:
-            return predict_with_url(url, [r.instruction for r in records], api=api, token=token,  # type: ignore[arg-type]
-                                    constrained=not free_form, system_prompt=system_prompt, concurrency=concurrency)
+            return predict_with_url(
+                url,
+                [r.instruction for r in records],
+                api=api,
+                token=token,  # type: ignore[arg-type]
+                constrained=not free_form,
+                system_prompt=system_prompt,
+                concurrency=concurrency,
+            )
         # vLLM on CPU reserves this many GiB of KV cache; 1 is plenty for intent prompts.
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-        return predict_with_model(model_dir, [r.instruction for r in records], constrained=not free_form,
-                                  fallback_intents=sorted({c.name for r in records for c in r.calls()}),
-                                  system_prompt=system_prompt, oos_label=oos_label, oos_rule=oos_rule,
-                                  dtype=dtype)  # type: ignore[arg-type]
+        return predict_with_model(
+            model_dir,
+            [r.instruction for r in records],
+            constrained=not free_form,
+            fallback_intents=sorted({c.name for r in records for c in r.calls()}),
+            system_prompt=system_prompt,
+            oos_label=oos_label,
+            oos_rule=oos_rule,
+            dtype=dtype,
+        )  # type: ignore[arg-type]
     except RunnerError as exc:
         raise click.ClickException(str(exc)) from None

@@ -252,8 +252,16 @@ def _per_intent(
     rows = []
     for name in sorted(set(tp) | set(fp) | set(fn)):
         precision, recall, f1 = _prf(tp[name], fp[name], fn[name])
-        rows.append(IntentScores(name=name, support=tp[name] + fn[name], predicted=tp[name] + fp[name],
-                                 precision=precision, recall=recall, f1=f1))
+        rows.append(
+            IntentScores(
+                name=name,
+                support=tp[name] + fn[name],
+                predicted=tp[name] + fp[name],
+                precision=precision,
+                recall=recall,
+                f1=f1,
+            )
+        )
     return rows, _prf(sum(tp.values()), sum(fp.values()), sum(fn.values()))
 
 
@@ -270,15 +278,17 @@ def _pooled_prf(records: Iterable[tuple[Counter[Any], Counter[Any]]]) -> tuple[f
 
 def _call_prf(gold_calls: Sequence[list[Call]], pred_calls: Sequence[list[Call]]) -> tuple[float, float, float]:
     """Canonical calls as sets: a call repeated in one answer counts once."""
-    return _pooled_prf((Counter({str(c) for c in gold}), Counter({str(c) for c in pred}))
-                       for gold, pred in zip(gold_calls, pred_calls))
+    return _pooled_prf(
+        (Counter({str(c) for c in gold}), Counter({str(c) for c in pred})) for gold, pred in zip(gold_calls, pred_calls)
+    )
 
 
 def _argument_prf(gold_calls: Sequence[list[Call]], pred_calls: Sequence[list[Call]]) -> tuple[float, float, float]:
     """(intent, argument) pairs as multisets: an argument written twice must be found twice."""
-    return _pooled_prf((Counter((c.name, arg) for c in gold for arg in c.args),
-                        Counter((c.name, arg) for c in pred for arg in c.args))
-                       for gold, pred in zip(gold_calls, pred_calls))
+    return _pooled_prf(
+        (Counter((c.name, arg) for c in gold for arg in c.args), Counter((c.name, arg) for c in pred for arg in c.args))
+        for gold, pred in zip(gold_calls, pred_calls)
+    )
 
 
 def _column(score: RecordScore, rows: set[str]) -> str:
@@ -346,5 +356,10 @@ def _latency(values: Sequence[float]) -> Latency:
         """Nearest-rank quantile: a latency some record actually had."""
         return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
-    return Latency(mean_ms=sum(ordered) / len(ordered), p50_ms=quantile(0.5), p90_ms=quantile(0.9),
-                   p99_ms=quantile(0.99), max_ms=ordered[-1])
+    return Latency(
+        mean_ms=sum(ordered) / len(ordered),
+        p50_ms=quantile(0.5),
+        p90_ms=quantile(0.9),
+        p99_ms=quantile(0.99),
+        max_ms=ordered[-1],
+    )

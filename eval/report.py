@@ -107,8 +107,10 @@ def headline(result: EvalResult) -> list[tuple[str, str]]:
         ("Macro F1 / micro F1", f"{_pct(m.macro_f1)} / {_pct(m.micro_f1)}"),
         ("Exact match (all calls)", _pct(m.exact_match)),
         ("Call-level P / R / F1", f"{_pct(m.call_precision)} / {_pct(m.call_recall)} / {_pct(m.call_f1)}"),
-        ("Argument-level P / R / F1",
-         f"{_pct(m.argument_precision)} / {_pct(m.argument_recall)} / {_pct(m.argument_f1)}"),
+        (
+            "Argument-level P / R / F1",
+            f"{_pct(m.argument_precision)} / {_pct(m.argument_recall)} / {_pct(m.argument_f1)}",
+        ),
         ("Malformed outputs", _pct(m.malformed_rate)),
     ]
     if m.multi_intent_records:
@@ -122,8 +124,12 @@ def headline(result: EvalResult) -> list[tuple[str, str]]:
     if m.latency is not None:
         lat = m.latency
         rows.append(("Latency p50 / p90 / p99 (ms)", f"{lat.p50_ms:.0f} / {lat.p90_ms:.0f} / {lat.p99_ms:.0f}"))
-    rows.append(("Records / wall time", f"{m.records} in {result.run.wall_s:.1f} s "
-                                        f"({m.records / max(result.run.wall_s, 1e-9):.1f} rec/s)"))
+    rows.append(
+        (
+            "Records / wall time",
+            f"{m.records} in {result.run.wall_s:.1f} s ({m.records / max(result.run.wall_s, 1e-9):.1f} rec/s)",
+        )
+    )
     return rows
 
 
@@ -138,8 +144,10 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], *, markdown: bo
 
 
 def _intent_rows(m: Metrics) -> list[list[str]]:
-    return [[s.name, str(s.support), str(s.predicted), f"{s.precision:.3f}", f"{s.recall:.3f}", f"{s.f1:.3f}"]
-            for s in m.per_intent]
+    return [
+        [s.name, str(s.support), str(s.predicted), f"{s.precision:.3f}", f"{s.recall:.3f}", f"{s.f1:.3f}"]
+        for s in m.per_intent
+    ]
 
 
 INTENT_HEADER = ["intent", "support", "predicted", "precision", "recall", "F1"]
@@ -176,19 +184,27 @@ def markdown_report(result: EvalResult, rows: Sequence[dict[str, Any]]) -> str:
         "![confusion matrix](confusion.png)",
     ]
     if m.most_confused:
-        parts += ["## Most confused pairs", _table(
-            ["gold", "predicted", "count", "examples (utterance → answer)"],
-            [[p.gold, p.predicted, str(p.count), "<br>".join(f"{i} → `{a}`" for i, a in p.examples)]
-             for p in m.most_confused],
-            markdown=True,
-        )]
+        parts += [
+            "## Most confused pairs",
+            _table(
+                ["gold", "predicted", "count", "examples (utterance → answer)"],
+                [
+                    [p.gold, p.predicted, str(p.count), "<br>".join(f"{i} → `{a}`" for i, a in p.examples)]
+                    for p in m.most_confused
+                ],
+                markdown=True,
+            ),
+        ]
     errors = worst_errors(rows)
     if errors:
-        parts += ["## Worst errors", _table(
-            ["utterance", "gold", "answer", "confidence"],
-            [[r["instruction"], f"`{r['gold']}`", f"`{r['raw']}`", _confidence(r)] for r in errors],
-            markdown=True,
-        )]
+        parts += [
+            "## Worst errors",
+            _table(
+                ["utterance", "gold", "answer", "confidence"],
+                [[r["instruction"], f"`{r['gold']}`", f"`{r['raw']}`", _confidence(r)] for r in errors],
+                markdown=True,
+            ),
+        ]
     text = _calibration_text(result, rows)
     if text is not None:
         parts += ["## Confidence and out-of-scope", text, "![reliability and trade-off](calibration.png)"]
@@ -205,12 +221,15 @@ def _calibration_text(result: EvalResult, rows: Sequence[dict[str, Any]]) -> str
     rule = result.run.oos_rule()
     thresholds = ", ".join(
         f"{name} {getattr(rule, f'{name}_threshold'):.4f}" if getattr(rule, f"{name}_threshold") else f"{name} none"
-        for name in ("confidence", *c.other))
+        for name in ("confidence", *c.other)
+    )
     mean, high = ece_noise(c.in_scope)
-    return (f"Expected calibration error of the intent confidence on the {len(c.in_scope)} in-scope records: "
-            f"{expected_calibration_error(c.in_scope, c.in_scope_correct):.3f} (a perfectly calibrated confidence "
-            f"would show {mean:.3f} on these records, {high:.3f} at the 95th percentile); out-of-scope thresholds: "
-            f"{thresholds}.")
+    return (
+        f"Expected calibration error of the intent confidence on the {len(c.in_scope)} in-scope records: "
+        f"{expected_calibration_error(c.in_scope, c.in_scope_correct):.3f} (a perfectly calibrated confidence "
+        f"would show {mean:.3f} on these records, {high:.3f} at the 95th percentile); out-of-scope thresholds: "
+        f"{thresholds}."
+    )
 
 
 def _confidence(row: dict[str, Any]) -> str:
@@ -240,26 +259,40 @@ def html_report(result: EvalResult, rows: Sequence[dict[str, Any]], png: bytes, 
         f"src='data:image/png;base64,{base64.b64encode(png).decode()}'>",
     ]
     if m.most_confused:
-        sections.append("<h2>Most confused pairs</h2>" + table(
-            ["gold", "predicted", "count", "examples (utterance → answer)"],
-            [[p.gold, p.predicted, str(p.count), " | ".join(f"{i} → {a}" for i, a in p.examples)]
-             for p in m.most_confused],
-        ))
+        sections.append(
+            "<h2>Most confused pairs</h2>"
+            + table(
+                ["gold", "predicted", "count", "examples (utterance → answer)"],
+                [
+                    [p.gold, p.predicted, str(p.count), " | ".join(f"{i} → {a}" for i, a in p.examples)]
+                    for p in m.most_confused
+                ],
+            )
+        )
     errors = worst_errors(rows)
     if errors:
-        sections.append("<h2>Worst errors</h2>" + table(
-            ["utterance", "gold", "answer", "confidence"],
-            [[r["instruction"], r["gold"], r["raw"], _confidence(r)] for r in errors],
-        ))
+        sections.append(
+            "<h2>Worst errors</h2>"
+            + table(
+                ["utterance", "gold", "answer", "confidence"],
+                [[r["instruction"], r["gold"], r["raw"], _confidence(r)] for r in errors],
+            )
+        )
     text = _calibration_text(result, rows)
     if text is not None and calibration is not None:
-        sections.append(f"<h2>Confidence and out-of-scope</h2><p>{esc(text)}</p><img alt='reliability diagram and "
-                        f"trade-off' src='data:image/png;base64,{base64.b64encode(calibration).decode()}'>")
-    style = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}"
-             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
-             "text-align:left;font-size:14px}th{background:#f3f3f3}img{max-width:100%}")
-    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>intentlm evaluation</title>"
-            f"<style>{style}</style></head><body>{''.join(sections)}</body></html>\n")
+        sections.append(
+            f"<h2>Confidence and out-of-scope</h2><p>{esc(text)}</p><img alt='reliability diagram and "
+            f"trade-off' src='data:image/png;base64,{base64.b64encode(calibration).decode()}'>"
+        )
+    style = (
+        "body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
+        "text-align:left;font-size:14px}th{background:#f3f3f3}img{max-width:100%}"
+    )
+    return (
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>intentlm evaluation</title>"
+        f"<style>{style}</style></head><body>{''.join(sections)}</body></html>\n"
+    )
 
 
 # ----------------------------------------------------------------------------------- confusion
@@ -297,8 +330,15 @@ def confusion_png(metrics: Metrics) -> bytes:
     if n_cols <= 30:
         for (i, j), value in np.ndenumerate(counts):
             if value:
-                ax.text(j, i, int(value), ha="center", va="center", fontsize=font,
-                        color="white" if share[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    int(value),
+                    ha="center",
+                    va="center",
+                    fontsize=font,
+                    color="white" if share[i, j] > 0.5 else "black",
+                )
     else:  # a faint grid makes rows and columns followable when the cells are small
         ax.set_xticks(np.arange(-0.5, n_cols), minor=True)
         ax.set_yticks(np.arange(-0.5, n_rows), minor=True)
@@ -354,15 +394,21 @@ def compare_report(a: EvalResult, b: EvalResult, *, names: tuple[str, str] = ("A
         return "—" if x is None or y is None else f"{y - x:+.3f}"
 
     per_intent = [
-        [name, "—" if f1(f1_a, name) is None else f"{f1(f1_a, name):.3f}",
-         "—" if f1(f1_b, name) is None else f"{f1(f1_b, name):.3f}", delta(f1(f1_a, name), f1(f1_b, name))]
+        [
+            name,
+            "—" if f1(f1_a, name) is None else f"{f1(f1_a, name):.3f}",
+            "—" if f1(f1_b, name) is None else f"{f1(f1_b, name):.3f}",
+            delta(f1(f1_a, name), f1(f1_b, name)),
+        ]
         for name in intents
     ]
-    return "\n\n".join([
-        f"{names[0]}: {a.run.source} on {a.run.data}\n{names[1]}: {b.run.source} on {b.run.data}",
-        _table(["figure", names[0], names[1]], figures, markdown=False),
-        _table(["intent", f"F1 {names[0]}", f"F1 {names[1]}", "change"], per_intent, markdown=False),
-    ])
+    return "\n\n".join(
+        [
+            f"{names[0]}: {a.run.source} on {a.run.data}\n{names[1]}: {b.run.source} on {b.run.data}",
+            _table(["figure", names[0], names[1]], figures, markdown=False),
+            _table(["intent", f"F1 {names[0]}", f"F1 {names[1]}", "change"], per_intent, markdown=False),
+        ]
+    )
 
 
 def read_result(path: str | os.PathLike[str]) -> EvalResult:

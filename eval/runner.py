@@ -129,8 +129,10 @@ def predict_with_model(
         log.warning("%s lists no intents; constraining decoding to the %d given ones", model_dir, len(fallback_intents))
         allowed = list(fallback_intents)
     if constrained and not allowed:
-        raise RunnerError(f"{model_dir}: the model card lists no intents to constrain decoding to; "
-                          "pass the intents or decode free-form")
+        raise RunnerError(
+            f"{model_dir}: the model card lists no intents to constrain decoding to; "
+            "pass the intents or decode free-form"
+        )
     llm = llm if llm is not None else load_llm(model_dir, dtype)
     tokenizer = llm.get_tokenizer()
     end_of_turn = tokenizer.convert_tokens_to_ids(END_OF_TURN)
@@ -139,23 +141,27 @@ def predict_with_model(
             temperature=0.0,
             max_tokens=max_new_tokens,
             logprobs=0,
-            stop_token_ids=[end_of_turn] if isinstance(end_of_turn, int) and end_of_turn != tokenizer.unk_token_id
+            stop_token_ids=[end_of_turn]
+            if isinstance(end_of_turn, int) and end_of_turn != tokenizer.unk_token_id
             else [],
-            structured_outputs=StructuredOutputsParams(regex=decoding_regex(
-                allowed, instruction if spans else None)) if constrained else None,
+            structured_outputs=StructuredOutputsParams(regex=decoding_regex(allowed, instruction if spans else None))
+            if constrained
+            else None,
         )
         for instruction in instructions
     ]
     prompts = [
-        TokensPrompt(prompt_token_ids=tokenizer.encode(
-            build_prompt(
-                instruction,
-                system_prompt=card.system_prompt if system_prompt is None else system_prompt,
-                apply_chat_template=card.apply_chat_template,
-                tokenizer=tokenizer,
-            ),
-            add_special_tokens=False,
-        ))
+        TokensPrompt(
+            prompt_token_ids=tokenizer.encode(
+                build_prompt(
+                    instruction,
+                    system_prompt=card.system_prompt if system_prompt is None else system_prompt,
+                    apply_chat_template=card.apply_chat_template,
+                    tokenizer=tokenizer,
+                ),
+                add_special_tokens=False,
+            )
+        )
         for instruction in instructions
     ]
     outputs = llm.generate(prompts, params, use_tqdm=progress)
@@ -166,7 +172,8 @@ def predict_with_model(
         predictions = [replace(p, typicality=float(t)) for p, t in zip(predictions, statistics.typicality(states))]
     return [
         replace(p, text=f"{oos_label}()")
-        if p.confidence is not None and rule.rejects(p.confidence, p.typicality) else p
+        if p.confidence is not None and rule.rejects(p.confidence, p.typicality)
+        else p
         for p in predictions
     ]
 
@@ -206,10 +213,20 @@ def predict_with_url(
     ``api="intents"`` scores the service's parsed answer (its ``intents``; the raw text when it found
     none, so a malformed answer counts as one); ``api="eas"`` scores the EAS reply text, greedy.
     """
-    return asyncio.run(_predict_with_url(
-        url, instructions, api=api, token=token, constrained=constrained, system_prompt=system_prompt,
-        max_new_tokens=max_new_tokens, concurrency=concurrency, timeout=timeout, progress=progress,
-    ))
+    return asyncio.run(
+        _predict_with_url(
+            url,
+            instructions,
+            api=api,
+            token=token,
+            constrained=constrained,
+            system_prompt=system_prompt,
+            max_new_tokens=max_new_tokens,
+            concurrency=concurrency,
+            timeout=timeout,
+            progress=progress,
+        )
+    )
 
 
 async def _predict_with_url(
@@ -241,18 +258,22 @@ async def _predict_with_url(
         async with limit:
             start = time.perf_counter()
             if api == "eas":
-                response, _ = await client.chat(instruction, system_prompt=system_prompt, temperature=0.0,
-                                                top_k=1, max_new_tokens=max_new_tokens)
-                prediction = Prediction(text=response, raw=response,
-                                        latency_ms=(time.perf_counter() - start) * 1000)
+                response, _ = await client.chat(
+                    instruction, system_prompt=system_prompt, temperature=0.0, top_k=1, max_new_tokens=max_new_tokens
+                )
+                prediction = Prediction(text=response, raw=response, latency_ms=(time.perf_counter() - start) * 1000)
             else:
-                reply = await client.predict(instruction, system_prompt=system_prompt,
-                                             constrained=None if constrained else False)
+                reply = await client.predict(
+                    instruction, system_prompt=system_prompt, constrained=None if constrained else False
+                )
                 calls = [Call(i.name, tuple(i.args)) for i in reply.intents]
-                prediction = Prediction(text=format_calls(calls) if calls else reply.raw, raw=reply.raw,
-                                        latency_ms=(time.perf_counter() - start) * 1000,
-                                        confidence=reply.confidence,
-                                        typicality=reply.typicality)
+                prediction = Prediction(
+                    text=format_calls(calls) if calls else reply.raw,
+                    raw=reply.raw,
+                    latency_ms=(time.perf_counter() - start) * 1000,
+                    confidence=reply.confidence,
+                    typicality=reply.typicality,
+                )
             bar.update()
             return prediction
 
@@ -267,8 +288,10 @@ async def _predict_with_url(
                 raise RunnerError(f"cannot reach {url}: {exc.message} (is `intentlm serve` running there?)") from None
             except NotFoundError as exc:
                 route = "POST /" if api == "eas" else "POST /v1/intents"
-                raise RunnerError(f"{url}: {exc} ({route} not found: is this an intentlm service? "
-                                  f"try --api {'intents' if api == 'eas' else 'eas'})") from None
+                raise RunnerError(
+                    f"{url}: {exc} ({route} not found: is this an intentlm service? "
+                    f"try --api {'intents' if api == 'eas' else 'eas'})"
+                ) from None
             except IntentLMError as exc:
                 raise RunnerError(f"{url}: {exc}") from None
             finally:

@@ -97,7 +97,9 @@ def create_app(settings: Settings, model_dir: Path, engine_factory: EngineFactor
     return app
 
 
-def error_response(status: int, code: str, message: str, field: str | None = None, retry_after: int | None = None) -> OrjsonResponse:
+def error_response(
+    status: int, code: str, message: str, field: str | None = None, retry_after: int | None = None
+) -> OrjsonResponse:
     detail: dict[str, str] = {"code": code, "message": message}
     if field is not None:
         detail["field"] = field

@@ -34,8 +34,11 @@ class Settings(BaseSettings):
 
     # Engine. A short context keeps the KV cache small; intent prompts are a few dozen tokens.
     max_model_len: int = Field(2048, ge=64, description="Context length (prompt + answer) in tokens.")
-    dtype: Dtype = Field("auto", description="Compute dtype of vLLM and the typicality pass; auto: bfloat16 where "
-                         "the hardware computes it natively (CUDA, AVX512-BF16/AMX CPUs), else float32.")
+    dtype: Dtype = Field(
+        "auto",
+        description="Compute dtype of vLLM and the typicality pass; auto: bfloat16 where "
+        "the hardware computes it natively (CUDA, AVX512-BF16/AMX CPUs), else float32.",
+    )
     enforce_eager: bool = Field(True, description="Skip graph capture/compilation: faster start on CPU.")
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="GPU only: share of memory vLLM may take.")
     tensor_parallel_size: int = Field(1, ge=1, description="GPU only: shard the model over this many GPUs (vLLM).")
@@ -52,14 +55,19 @@ class Settings(BaseSettings):
     )
     intent_max_tokens: int = Field(64, ge=1, description="Answer budget of /v1/intents.")
     oos_label: str = Field(
-        DEFAULT_OOS_LABEL, description="Intent returned when confidence or typicality is below its threshold.")
+        DEFAULT_OOS_LABEL, description="Intent returned when confidence or typicality is below its threshold."
+    )
     oos_threshold: float | None = Field(
-        None, ge=0, le=1,
+        None,
+        ge=0,
+        le=1,
         description="Below this confidence the answer is out-of-scope; unset: the model card's calibrated "
         "threshold (`intentlm eval --calibrate`), else 0 = off.",
     )
     typicality_threshold: float | None = Field(
-        None, ge=0, le=1,
+        None,
+        ge=0,
+        le=1,
         description="Below this typicality (how close the prompt's hidden state is to the training requests of "
         "its nearest intent) the answer is out-of-scope; unset: the model card's (set by training, refined by "
         "`intentlm eval --calibrate`), else 0 = off.",
@@ -72,12 +80,16 @@ class Settings(BaseSettings):
     )
 
     cpu_kvcache_gib: int = Field(
-        1, ge=1, description="CPU only: the KV cache vLLM reserves, in GiB (VLLM_CPU_KVCACHE_SPACE, when unset).")
+        1, ge=1, description="CPU only: the KV cache vLLM reserves, in GiB (VLLM_CPU_KVCACHE_SPACE, when unset)."
+    )
     # vLLM's own default reserves one core, which on a 2-core machine halves the engine's compute while the
     # API process needs little: 0 measured 1.5x the throughput at concurrency 32 there (BENCHMARKS.md, Serving).
     cpu_reserved_cores: int = Field(
-        0, ge=0, description="CPU only: cores vLLM keeps away from its engine for the API process "
-        "(VLLM_CPU_NUM_OF_RESERVED_CPU, when unset).")
+        0,
+        ge=0,
+        description="CPU only: cores vLLM keeps away from its engine for the API process "
+        "(VLLM_CPU_NUM_OF_RESERVED_CPU, when unset).",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
 
     @property

@@ -31,17 +31,26 @@ def same_text_key(text: str) -> str:
 class DatasetError(IntentlmError, ValueError):
     """A dataset file breaks the contract; the message names the file, line, record (1-based) and field."""
 
-    def __init__(self, path: str | os.PathLike[str], message: str, *, line: int | None = None,
-                 record: int | None = None, field: str | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        message: str,
+        *,
+        line: int | None = None,
+        record: int | None = None,
+        field: str | None = None,
+    ) -> None:
         self.path = str(path)
         self.line = line
         self.record = record
         self.field = field
         where = self.path + (f":{line}" if line is not None else "")
-        what = "".join([
-            f" record {record}:" if record is not None else "",
-            f" field {field!r}:" if field is not None else "",
-        ])
+        what = "".join(
+            [
+                f" record {record}:" if record is not None else "",
+                f" field {field!r}:" if field is not None else "",
+            ]
+        )
         super().__init__(f"{where}:{what} {message}")
 
 
@@ -160,8 +169,7 @@ def _skip_ws(text: str, position: int) -> int:
     return position
 
 
-def _record(path: Path, number: int, line: int, item: Any, check_outputs: bool,
-            require_output: bool) -> Record:
+def _record(path: Path, number: int, line: int, item: Any, check_outputs: bool, require_output: bool) -> Record:
     if not isinstance(item, dict):
         raise DatasetError(path, f"expected an object, found {json_type(item)}", line=line, record=number)
     if not require_output:
@@ -170,11 +178,13 @@ def _record(path: Path, number: int, line: int, item: Any, check_outputs: bool,
         if name not in item:
             raise DatasetError(path, "missing", line=line, record=number, field=name)
         if not isinstance(item[name], str):
-            raise DatasetError(path, f"expected a string, found {json_type(item[name])}",
-                               line=line, record=number, field=name)
+            raise DatasetError(
+                path, f"expected a string, found {json_type(item[name])}", line=line, record=number, field=name
+            )
         if not _encodable(item[name]):
-            raise DatasetError(path, "contains a lone surrogate escape (not valid Unicode text)",
-                               line=line, record=number, field=name)
+            raise DatasetError(
+                path, "contains a lone surrogate escape (not valid Unicode text)", line=line, record=number, field=name
+            )
         if check_outputs and not item[name].strip() and (require_output or name != "output"):
             raise DatasetError(path, "empty", line=line, record=number, field=name)
     if check_outputs and item["output"]:
@@ -199,6 +209,11 @@ def _encodable(text: str) -> bool:
 
 def json_type(value: Any) -> str:
     """How a JSON value's type reads in an error message."""
-    return {dict: "an object", list: "an array", bool: "a boolean", type(None): "null",
-            int: "a number", float: "a number"}.get(type(value), type(value).__name__)
-
+    return {
+        dict: "an object",
+        list: "an array",
+        bool: "a boolean",
+        type(None): "null",
+        int: "a number",
+        float: "a number",
+    }.get(type(value), type(value).__name__)

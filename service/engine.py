@@ -66,7 +66,10 @@ class Admission:
         """Refuse (503, retryable) when ``n`` more generations would pass the bound; 422 when they never fit."""
         if n > self.limit:  # retrying could never help: not a 503
             raise ServiceError(
-                422, "batch_too_large", f"{n} texts are more than this server admits at once ({self.limit})", field="texts"
+                422,
+                "batch_too_large",
+                f"{n} texts are more than this server admits at once ({self.limit})",
+                field="texts",
             )
         if self.admitted + n > self.limit:
             raise ServiceError(
@@ -98,8 +101,14 @@ class Admission:
 class IntentEngine:
     """One served model: its card, tokenizer, prepared sampling parameters and the vLLM engine."""
 
-    def __init__(self, llm: AsyncLLM, settings: Settings, model_dir: Path, card: ModelCard,
-                 typicality: TypicalityScorer | None = None) -> None:
+    def __init__(
+        self,
+        llm: AsyncLLM,
+        settings: Settings,
+        model_dir: Path,
+        card: ModelCard,
+        typicality: TypicalityScorer | None = None,
+    ) -> None:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
@@ -200,9 +209,7 @@ class IntentEngine:
 
     # -------------------------------------------------------------------------------- generation
 
-    async def stream(
-        self, prompt_ids: list[int], params: SamplingParams, *, route: str
-    ) -> AsyncIterator[Generation]:
+    async def stream(self, prompt_ids: list[int], params: SamplingParams, *, route: str) -> AsyncIterator[Generation]:
         """Generate, yielding updates; counts tokens and time to first token for ``route``."""
         from vllm.inputs import TokensPrompt
 
@@ -277,9 +284,9 @@ class IntentEngine:
         params = [self.intent_params(fold_history(text, history), constrained) for text in texts]
         if len(prompts) == 1:
             return [await self._label(prompts[0], params[0], constrained, route, start)]
-        return list(await asyncio.gather(
-            *(self._label(ids, p, constrained, route, start) for ids, p in zip(prompts, params))
-        ))
+        return list(
+            await asyncio.gather(*(self._label(ids, p, constrained, route, start) for ids, p in zip(prompts, params)))
+        )
 
     def intent_params(self, text: str, constrained: bool) -> SamplingParams:
         """Sampling for one utterance (``text`` with its history folded in): free, the model's intent
@@ -301,8 +308,9 @@ class IntentEngine:
         """Decode one prompt, parse, score, apply the out-of-scope rule.
 
         The typicality forward pass runs beside the generation, not after it."""
-        generation, typicality = await asyncio.gather(self._final(ids, params, route=route),
-                                                      _typicality_of(self.typicality, ids))
+        generation, typicality = await asyncio.gather(
+            self._final(ids, params, route=route), _typicality_of(self.typicality, ids)
+        )
         raw = generation.text.strip()
         calls = try_parse(raw)
         if calls is None and constrained and generation.finish_reason == "length":
@@ -311,8 +319,9 @@ class IntentEngine:
         if calls is None:
             metrics.MALFORMED.labels(route).inc()
             calls = []
-        confidence = intent_confidence(generation.token_ids, generation.logprobs, self.tokenizer,
-                                       self.card.confidence_temperature)
+        confidence = intent_confidence(
+            generation.token_ids, generation.logprobs, self.tokenizer, self.card.confidence_temperature
+        )
         intents = [IntentCall(name=c.name, args=list(c.args)) for c in calls]
         rejection = self.oos_rule.rejection(confidence, typicality) if calls else None
         if rejection is not None:
@@ -359,7 +368,8 @@ def typicality_scorer(settings: Settings, model_dir: Path) -> TypicalityScorer |
     except (RuntimeError, MemoryError) as exc:  # torch's OutOfMemoryError is a RuntimeError
         raise RuntimeError(
             f"typicality: cannot load the second copy of {model_dir} for its scoring pass ({exc}); lower "
-            "INTENTLM_GPU_MEMORY_UTILIZATION to leave it room, or set INTENTLM_TYPICALITY=false") from exc
+            "INTENTLM_GPU_MEMORY_UTILIZATION to leave it room, or set INTENTLM_TYPICALITY=false"
+        ) from exc
     return TypicalityScorer(states, statistics)
 
 
@@ -370,8 +380,9 @@ def _chosen_logprobs(token_ids: Sequence[int], logprobs: Any) -> list[float]:
     return [step[token].logprob for token, step in zip(token_ids, logprobs)]
 
 
-def intent_confidence(token_ids: Sequence[int], logprobs: Sequence[float], tokenizer: Any,
-                      temperature: float = 1.0) -> float:
+def intent_confidence(
+    token_ids: Sequence[int], logprobs: Sequence[float], tokenizer: Any, temperature: float = 1.0
+) -> float:
     """The probability the model gives to the intent names it wrote, for its least sure call.
 
     Each call's confidence is the product over the tokens that spell its name (up to its '('): the

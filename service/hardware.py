@@ -49,8 +49,9 @@ def choose_dtype(requested: Dtype = "auto", *, cuda: bool | None = None) -> Dtyp
         cuda = torch.cuda.is_available()
         if cuda:
             supported = torch.cuda.is_bf16_supported()
-            return DtypeChoice("bfloat16" if supported else "float32",
-                               "CUDA GPU with bf16" if supported else "CUDA GPU without bf16")
+            return DtypeChoice(
+                "bfloat16" if supported else "float32", "CUDA GPU with bf16" if supported else "CUDA GPU without bf16"
+            )
     if cuda:
         return DtypeChoice("bfloat16", "CUDA GPU")
     native = sorted(set(_NATIVE_BF16_FLAGS) & cpu_flags())

@@ -133,9 +133,7 @@ def args_are_spans(records: Iterable[tuple[str, Sequence[Call]]]) -> float:
     return found / total if total else 1.0
 
 
-def intent_regex(
-    names: Sequence[str], *, max_calls: int | None = None, arg_spans: Sequence[str] | None = None
-) -> str:
+def intent_regex(names: Sequence[str], *, max_calls: int | None = None, arg_spans: Sequence[str] | None = None) -> str:
     """The regex of canonical outputs whose calls all name one of ``names``.
 
     ``max_calls`` bounds the number of ``;``-joined calls (None: unbounded). Names are sorted
@@ -203,7 +201,7 @@ def _trie_regex(node: dict[str, dict]) -> str:
         # follow a chain of single children without nesting groups
         literal = [ch]
         while len(child) == 1 and "" not in child:
-            (ch, child), = child.items()
+            ((ch, child),) = child.items()
             literal.append(ch)
         branches.append(_REGEX_SPECIAL.sub(r"\\\1", "".join(literal)) + _trie_regex(child))
     if not branches:

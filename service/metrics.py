@@ -37,7 +37,9 @@ IN_FLIGHT = Gauge("intentlm_requests_in_flight", "Admitted generations the engin
 QUEUED = Gauge("intentlm_requests_queued", "Admitted generations waiting for a batch slot.")
 PREDICTED_INTENTS = Counter("intentlm_predicted_intents", "Intents returned by /v1/intents, by name.", ["intent"])
 OUT_OF_SCOPE = Counter(
-    "intentlm_out_of_scope_replies", "/v1/intents replies turned out-of-scope, by the score under its threshold.", ["score"]
+    "intentlm_out_of_scope_replies",
+    "/v1/intents replies turned out-of-scope, by the score under its threshold.",
+    ["score"],
 )
 MALFORMED = Counter("intentlm_malformed_outputs", "Answers that do not parse as intent calls.", ["route"])
 MODEL_INFO = Info("intentlm_model", "The model being served.")

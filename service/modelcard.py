@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -73,10 +73,11 @@ class ModelCard(BaseModel):
     train_config: dict[str, Any] = Field(default_factory=dict)
     data: DataInfo | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)
-    created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
-    def oos_rule(self, confidence_threshold: float | None = None,
-                 typicality_threshold: float | None = None) -> OutOfScopeRule:
+    def oos_rule(
+        self, confidence_threshold: float | None = None, typicality_threshold: float | None = None
+    ) -> OutOfScopeRule:
         """The out-of-scope rule: each threshold as given (an operator's setting), else the calibrated
         one of this card, else 0 (off)."""
         return OutOfScopeRule(

@@ -78,12 +78,15 @@ def build_prompt(
     return chatml(messages)
 
 
-def prompt_token_ids(instructions: Sequence[str], tokenizer: Any, *, system_prompt: str,
-                     apply_chat_template: bool) -> list[list[int]]:
+def prompt_token_ids(
+    instructions: Sequence[str], tokenizer: Any, *, system_prompt: str, apply_chat_template: bool
+) -> list[list[int]]:
     """The token ids of the instructions' prompts, as the server renders and tokenizes them (no special tokens
     added: the chat template writes them). Training and the data check measure prompts through this."""
-    prompts = [build_prompt(text, system_prompt=system_prompt, apply_chat_template=apply_chat_template,
-                            tokenizer=tokenizer) for text in instructions]
+    prompts = [
+        build_prompt(text, system_prompt=system_prompt, apply_chat_template=apply_chat_template, tokenizer=tokenizer)
+        for text in instructions
+    ]
     return tokenizer(prompts, add_special_tokens=False)["input_ids"]
 
 

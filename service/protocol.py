@@ -72,9 +72,7 @@ class IntentsRequest(BaseModel):
     texts: Annotated[list[Utterance], Field(min_length=1, max_length=MAX_BATCH)] | None = None
     history: History = Field(default_factory=list)
     system_prompt: Text | None = None
-    constrained: bool = Field(
-        True, description="Decode within the grammar over the model's intents; false: free-form."
-    )
+    constrained: bool = Field(True, description="Decode within the grammar over the model's intents; false: free-form.")
 
     def utterances(self) -> list[str] | None:
         """The texts to label, or None when the body gives neither or both of ``text`` and ``texts``."""
@@ -95,8 +93,10 @@ class IntentPrediction(BaseModel):
     raw: str
     confidence: float = Field(description="Calibrated probability that the intent names are right.")
     typicality: float | None = Field(
-        None, description="Closeness of the prompt's hidden state to the training requests of its nearest intent "
-        "(service.typicality), in (0, 1]; null when the model has no typicality statistics.")
+        None,
+        description="Closeness of the prompt's hidden state to the training requests of its nearest intent "
+        "(service.typicality), in (0, 1]; null when the model has no typicality statistics.",
+    )
     latency_ms: float
 
 

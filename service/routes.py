@@ -93,15 +93,18 @@ async def until_disconnect(request: Request, work: Awaitable[T], timeout_s: floa
     raise ServiceError(504, "timeout", f"the request took longer than {timeout_s:g} s")
 
 
-_errors: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 401, 413, 422, 503, 504)
-}
+_errors: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 401, 413, 422, 503, 504)}
 api = APIRouter(dependencies=[Depends(require_token)], responses=_errors)
 ops = APIRouter()
 
 
-_STREAM = {"schema": {"type": "string", "format": "binary",
-                      "description": "With use_stream_chat: EasResponse objects as JSON, each followed by a NUL byte."}}
+_STREAM = {
+    "schema": {
+        "type": "string",
+        "format": "binary",
+        "description": "With use_stream_chat: EasResponse objects as JSON, each followed by a NUL byte.",
+    }
+}
 
 
 @api.post(
@@ -115,7 +118,9 @@ async def eas(body: EasRequest, request: Request, engine: IntentEngine = Depends
     timeout_s = request.app.state.settings.request_timeout
     if body.use_stream_chat:
         engine.admission.check(1)
-        return StreamingResponse(_eas_stream(engine, body, ids, params, timeout_s), media_type="application/octet-stream")
+        return StreamingResponse(
+            _eas_stream(engine, body, ids, params, timeout_s), media_type="application/octet-stream"
+        )
 
     async def run() -> str:
         last = ""
@@ -128,7 +133,9 @@ async def eas(body: EasRequest, request: Request, engine: IntentEngine = Depends
     return OrjsonResponse(_eas_reply(body, text))
 
 
-async def _eas_stream(engine: IntentEngine, body: EasRequest, ids: list[int], params: Any, timeout_s: float) -> AsyncIterator[bytes]:
+async def _eas_stream(
+    engine: IntentEngine, body: EasRequest, ids: list[int], params: Any, timeout_s: float
+) -> AsyncIterator[bytes]:
     """NUL-terminated JSON objects, each with the full text so far (what EAS clients split on)."""
     with engine.admission.hold(1):
         try:

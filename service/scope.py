@@ -26,8 +26,10 @@ class OutOfScopeRule:
 
     def rejection(self, confidence: float, typicality: float | None = None) -> str | None:
         """The first score that rejects the answer (confidence, then typicality), or None when it is in scope."""
-        for name, score, threshold in (("confidence", confidence, self.confidence_threshold),
-                                       ("typicality", typicality, self.typicality_threshold)):
+        for name, score, threshold in (
+            ("confidence", confidence, self.confidence_threshold),
+            ("typicality", typicality, self.typicality_threshold),
+        ):
             if score is not None and score < threshold:
                 return name
         return None

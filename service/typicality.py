@@ -58,8 +58,9 @@ class IntentStatistics:
     held_out: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.float32))
 
     @classmethod
-    def fit(cls, states: np.ndarray, labels: Sequence[str], shrinkage: float = SHRINKAGE,
-            folds: int = FOLDS) -> IntentStatistics:
+    def fit(
+        cls, states: np.ndarray, labels: Sequence[str], shrinkage: float = SHRINKAGE, folds: int = FOLDS
+    ) -> IntentStatistics:
         """Fit on the training states and their intents (the first call's, for a multi-intent record),
         and score each state under statistics fitted on the other ``folds - 1`` folds (``held_out``)."""
         statistics = cls._fit(states, labels, shrinkage)
@@ -97,8 +98,9 @@ class IntentStatistics:
 
         path = Path(model_dir) / STATS_FILE
         buffer = io.BytesIO()
-        np.savez(buffer, intents=np.array(self.intents), means=self.means, precision=self.precision,
-                 held_out=self.held_out)
+        np.savez(
+            buffer, intents=np.array(self.intents), means=self.means, precision=self.precision, held_out=self.held_out
+        )
         atomic_write_bytes(path, buffer.getvalue())
         return path
 
@@ -125,8 +127,9 @@ class HiddenStates:
     them (on the 2-core machine 1.7-1.9x the throughput of the default at concurrency 16, BENCHMARKS.md).
     """
 
-    def __init__(self, model_dir: str | os.PathLike[str], cpu_threads: int | None = None,
-                 dtype: Dtype = "auto") -> None:
+    def __init__(
+        self, model_dir: str | os.PathLike[str], cpu_threads: int | None = None, dtype: Dtype = "auto"
+    ) -> None:
         import torch
         from transformers import AutoModel
 
@@ -142,7 +145,7 @@ class HiddenStates:
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths batch together
         states: list[np.ndarray] = [np.empty(0)] * len(prompts)
         for start in range(0, len(order), BATCH):
-            chunk = order[start:start + BATCH]
+            chunk = order[start : start + BATCH]
             for i, state in zip(chunk, self._batch([prompts[i] for i in chunk])):
                 states[i] = state
         return np.stack(states) if states else np.empty((0, 0), dtype=np.float32)
@@ -161,10 +164,14 @@ class HiddenStates:
             ids = torch.zeros((len(batch), max(map(len, rest))), dtype=torch.long)
             mask = torch.zeros((len(batch), shared + ids.shape[1]), dtype=torch.long)
             for row, tokens in enumerate(rest):
-                ids[row, :len(tokens)] = torch.tensor(list(tokens))
-                mask[row, :shared + len(tokens)] = 1
-            hidden = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                                past_key_values=cache, use_cache=cache is not None).last_hidden_state
+                ids[row, : len(tokens)] = torch.tensor(list(tokens))
+                mask[row, : shared + len(tokens)] = 1
+            hidden = self.model(
+                input_ids=ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                past_key_values=cache,
+                use_cache=cache is not None,
+            ).last_hidden_state
             last = torch.tensor([len(tokens) - 1 for tokens in rest], device=self.device)
             return hidden[torch.arange(len(batch), device=self.device), last].float().cpu().numpy()
 

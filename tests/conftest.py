@@ -102,7 +102,9 @@ def wait_ready(server: LiveServer, timeout: float = SERVER_READY_TIMEOUT_S) -> N
     raise RuntimeError(f"intentlm serve not ready after {timeout:.0f} s:\n{server.log()[-4000:]}")
 
 
-def start_server(model_dir: Path, log_dir: Path, *args: str, token: str | None = "test-token", wait: bool = True) -> LiveServer:
+def start_server(
+    model_dir: Path, log_dir: Path, *args: str, token: str | None = "test-token", wait: bool = True
+) -> LiveServer:
     """Start `intentlm serve --model DIR` on a free port (plus ``args``); by default wait until ready."""
     port = free_port()
     command = [str(REPO / ".venv" / "bin" / "intentlm"), "serve", "--model", str(model_dir), "--port", str(port)]
@@ -131,9 +133,9 @@ def smarthome_model(base_model: Path, tmp_path_factory: pytest.TempPathFactory) 
     """The base model's files (symlinked) with a card listing the 12 smart-home intents of TRAIN_FILE (no
     thresholds), and typicality statistics of the base model's states of the first
     TYPICALITY_RECORDS single-call records per intent (a few seconds; the served figures are the base model's)."""
+    from service.dataset import load_dataset
     from service.intents import parse
     from service.modelcard import ModelCard, write_card
-    from service.dataset import load_dataset
     from training.trainer import typicality_statistics
 
     model_dir = link_model(base_model, tmp_path_factory.mktemp("smarthome-model"))

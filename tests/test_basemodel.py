@@ -23,11 +23,14 @@ def generate(model_dir: Path, instruction: str, system_prompt: str) -> str:
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    inputs = tokenizer(build_prompt(instruction, system_prompt=system_prompt, tokenizer=tokenizer),
-                       return_tensors="pt", add_special_tokens=False)
+    inputs = tokenizer(
+        build_prompt(instruction, system_prompt=system_prompt, tokenizer=tokenizer),
+        return_tensors="pt",
+        add_special_tokens=False,
+    )
     with torch.inference_mode():
         out = model.generate(**inputs, max_new_tokens=24, do_sample=False, pad_token_id=tokenizer.eos_token_id)
-    return tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    return tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
 def test_base_model_is_idempotent_and_generates_sane_text(base_model: Path) -> None:
@@ -75,8 +78,9 @@ def test_prepare_command_builds_base_and_demo_atomically(base_model: Path, tmp_p
     assert again.returncode == 0 and "converting" not in again.stderr
 
 
-def test_demo_prepare_failure_leaves_previous_model(base_model: Path, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_demo_prepare_failure_leaves_previous_model(
+    base_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     target = tmp_path / "demo"
     target.mkdir()
     (target / "keep").write_text("previous")

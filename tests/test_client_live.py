@@ -15,7 +15,6 @@ import pytest
 
 import clients
 from clients import AsyncIntentClient, IntentClient
-
 from tests.conftest import REPO, LiveServer
 
 pytestmark = pytest.mark.engine
@@ -28,9 +27,15 @@ def known_intents(server: LiveServer) -> set[str]:
     return set(json.loads((server.model_dir / "intentlm.json").read_text())["intents"])
 
 
-def ask(server: LiveServer, *args: str, stdin: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def ask(
+    server: LiveServer, *args: str, stdin: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [INTENTLM, "ask", *args], input=stdin, capture_output=True, text=True, timeout=120,
+        [INTENTLM, "ask", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**os.environ, **(env or {})},
     )
 
@@ -52,7 +57,9 @@ def test_sync_client_predicts_chats_and_streams(live_server: LiveServer) -> None
         assert history == [("hi", "hello"), ("How can I get there?", response)]
         texts = list(client.stream("How can I get there?", [("hi", "hello")], max_new_tokens=8))
         assert texts and texts[-1] == response, "the stream ends on the text chat returns (greedy)"
-        assert all(later.startswith(earlier) for earlier, later in zip(texts, texts[1:])), "each update extends the last"
+        assert all(later.startswith(earlier) for earlier, later in zip(texts, texts[1:])), (
+            "each update extends the last"
+        )
 
 
 def test_sync_client_raises_typed_errors_from_the_real_server(live_server: LiveServer) -> None:
@@ -109,7 +116,14 @@ def test_ask_prints_intents_json_and_chat(live_server: LiveServer) -> None:
 def test_ask_reads_standard_input_in_batches(live_server: LiveServer) -> None:
     lines = UTTERANCES + ["turn the lights on", "set an alarm for 6 am"]
     result = ask(
-        live_server, "--url", live_server.url, "--token", live_server.token, "--batch-size", "2", "-",
+        live_server,
+        "--url",
+        live_server.url,
+        "--token",
+        live_server.token,
+        "--batch-size",
+        "2",
+        "-",
         stdin="\n".join(lines[:2]) + "\n\n" + "\n".join(lines[2:]) + "\n",
     )
     assert result.returncode == 0, result.stderr

@@ -35,9 +35,7 @@ def error(status: int, code: str, message: str = "m", field: str | None = None, 
 
 
 def nul_stream(*texts: str, prompt: str = "p") -> bytes:
-    return b"".join(
-        json.dumps({"response": text, "history": [[prompt, text]]}).encode() + b"\0" for text in texts
-    )
+    return b"".join(json.dumps({"response": text, "history": [[prompt, text]]}).encode() + b"\0" for text in texts)
 
 
 @respx.mock
@@ -46,7 +44,10 @@ def test_predict_sends_the_contract_body_and_returns_typed_intents() -> None:
     with IntentClient(URL, token="secret") as client:
         prediction = client.predict("turn off the lights and wake me at 7", history=[("hi", "greet()")])
     request = route.calls.last.request
-    assert json.loads(request.content) == {"text": "turn off the lights and wake me at 7", "history": [["hi", "greet()"]]}
+    assert json.loads(request.content) == {
+        "text": "turn off the lights and wake me at 7",
+        "history": [["hi", "greet()"]],
+    }
     assert request.headers["authorization"] == "secret"  # raw, as EAS clients send it
     assert [str(i) for i in prediction.intents] == ["iot_hue_lightoff()", "alarm_set(7 am,monday)"]
     assert str(prediction) == PREDICTION["raw"] and prediction.confidence == 0.93
@@ -73,8 +74,13 @@ def test_chat_sends_the_eas_body_under_a_base_path() -> None:
     with IntentClient(base) as client:
         response, history = client.chat("q", [], system_prompt="S", top_k=4, temperature=0.95, max_new_tokens=2048)
     assert json.loads(route.calls.last.request.content) == {
-        "prompt": "q", "system_prompt": "S", "history": [], "top_k": 4, "temperature": 0.95,
-        "max_new_tokens": 2048, "use_stream_chat": False,
+        "prompt": "q",
+        "system_prompt": "S",
+        "history": [],
+        "top_k": 4,
+        "temperature": 0.95,
+        "max_new_tokens": 2048,
+        "use_stream_chat": False,
     }
     assert (response, history) == ("ok()", [("q", "ok()")])
 
@@ -85,7 +91,11 @@ def test_chat_sends_the_eas_body_under_a_base_path() -> None:
         (error(401, "unauthorized"), clients.AuthError, {"status_code": 401, "code": "unauthorized"}),
         (error(404, "not_found"), clients.NotFoundError, {"status_code": 404}),
         (error(413, "too_large"), clients.PayloadTooLargeError, {"status_code": 413}),
-        (error(422, "invalid", "bad top_p", field="top_p"), clients.ValidationError, {"field": "top_p", "message": "bad top_p"}),
+        (
+            error(422, "invalid", "bad top_p", field="top_p"),
+            clients.ValidationError,
+            {"field": "top_p", "message": "bad top_p"},
+        ),
         (error(429, "busy", **{"Retry-After": "7"}), clients.OverloadedError, {"retry_after": 7.0}),
         (error(503, "not_ready"), clients.OverloadedError, {"retry_after": None}),
         (error(504, "timeout"), clients.TimeoutError, {"status_code": 504}),
@@ -115,7 +125,11 @@ def test_retries_503_then_succeeds_and_honours_retry_after(monkeypatch: pytest.M
     waits: list[float] = []
     monkeypatch.setattr("clients.client.time.sleep", waits.append)
     route = respx.post(f"{URL}/v1/intents").mock(
-        side_effect=[error(503, "not_ready", **{"Retry-After": "2"}), error(429, "busy"), httpx.Response(200, json=PREDICTION)]
+        side_effect=[
+            error(503, "not_ready", **{"Retry-After": "2"}),
+            error(429, "busy"),
+            httpx.Response(200, json=PREDICTION),
+        ]
     )
     with IntentClient(URL, retries=Retries(total=3, backoff=0.1, max_wait=10)) as client:
         assert client.predict("x").raw == PREDICTION["raw"]
@@ -258,7 +272,9 @@ def test_ask_stdin_batches_into_json_lines() -> None:
 
     route = respx.post(f"{URL}/v1/intents").mock(side_effect=reply)
     lines = [f"utterance {i}" for i in range(5)]
-    result = CliRunner().invoke(ask, ["--url", URL, "--batch-size", "2", "-"], input="\n".join(lines[:3]) + "\n\n" + "\n".join(lines[3:]))
+    result = CliRunner().invoke(
+        ask, ["--url", URL, "--batch-size", "2", "-"], input="\n".join(lines[:3]) + "\n\n" + "\n".join(lines[3:])
+    )
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.output.splitlines()]
     assert [row["text"] for row in rows] == lines and [row["raw"] for row in rows] == lines
@@ -275,7 +291,21 @@ def test_ask_prompt_uses_eas_chat_and_keeps_a_history_file(tmp_path) -> None:
     )
     for _ in range(2):
         result = CliRunner().invoke(
-            ask, ["--url", URL, "--token", "t", "--prompt", "q", "--top-k", "4", "--temperature", "0.95", "--history-file", str(history_file)]
+            ask,
+            [
+                "--url",
+                URL,
+                "--token",
+                "t",
+                "--prompt",
+                "q",
+                "--top-k",
+                "4",
+                "--temperature",
+                "0.95",
+                "--history-file",
+                str(history_file),
+            ],
         )
         assert result.exit_code == 0, result.output
         assert result.output == "R\n"

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from training.data.cli import data
 from service.dataset import DatasetError, load_dataset
+from training.data.cli import data
 
 INTENTS = ["alarm_set", "play_music", "iot_cleaning", "weather_query"]
 
@@ -23,8 +23,12 @@ def test_a_200_mb_file_is_checked_and_split(tmp_path: Path) -> None:
         f.write("[\n")
         start = 0
         while f.tell() < 200_000_000:
-            f.write("".join(json.dumps({"instruction": f"{filler}{i}", "output": f"{INTENTS[i % 4]}(slot {i})"})
-                            + ",\n" for i in range(start, start + 10_000)))
+            f.write(
+                "".join(
+                    json.dumps({"instruction": f"{filler}{i}", "output": f"{INTENTS[i % 4]}(slot {i})"}) + ",\n"
+                    for i in range(start, start + 10_000)
+                )
+            )
             start += 10_000
         f.write('{"instruction": "the end", "output": "alarm_set(", "note": "malformed, on purpose"}\n]\n')
     records = start + 1
@@ -35,13 +39,24 @@ def test_a_200_mb_file_is_checked_and_split(tmp_path: Path) -> None:
     assert result.exit_code == 1, result.output
     report = json.loads(result.output)
     assert report["records"] == records
-    assert report["single_intent"] == {name: start // 4 for name in sorted(INTENTS)}
+    assert report["single_intent"] == dict.fromkeys(sorted(INTENTS), start // 4)
     (issue,) = [i for i in report["issues"] if i["severity"] == "error"]
     assert issue["records"] == [{"record": records, "line": records + 1}]
 
     # The malformed last record stops a split, naming it; nothing is written.
-    result = runner.invoke(data, ["split", str(path), "--test-ratio", "0.1", "--train-out", str(tmp_path / "t.json"),
-                                  "--test-out", str(tmp_path / "v.json")])
+    result = runner.invoke(
+        data,
+        [
+            "split",
+            str(path),
+            "--test-ratio",
+            "0.1",
+            "--train-out",
+            str(tmp_path / "t.json"),
+            "--test-out",
+            str(tmp_path / "v.json"),
+        ],
+    )
     assert result.exit_code == 1
     assert f"{path}:{records + 1}: record {records}: field 'output': missing ')'" in result.output
     assert not (tmp_path / "t.json").exists() and not (tmp_path / "v.json").exists()
@@ -50,8 +65,10 @@ def test_a_200_mb_file_is_checked_and_split(tmp_path: Path) -> None:
 
 def test_byte_order_mark_and_unicode(tmp_path: Path) -> None:
     path = tmp_path / "bom.json"
-    path.write_bytes(b"\xef\xbb\xbf" + json.dumps([{"instruction": "放音乐", "output": "play_music(爵士)"}],
-                                                  ensure_ascii=False).encode())
+    path.write_bytes(
+        b"\xef\xbb\xbf"
+        + json.dumps([{"instruction": "放音乐", "output": "play_music(爵士)"}], ensure_ascii=False).encode()
+    )
     (record,) = load_dataset(path)
     assert record.calls()[0].args == ("爵士",)
 

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import TRAIN_FILE
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import TRAIN_FILE
+from service.dataset import DatasetError, load_dataset
 from service.intents import parse
 from service.modelcard import ModelCard, read_card, write_card
 from training.data.cli import data
-from service.dataset import DatasetError, load_dataset
 from training.data.itag import PRELABEL_KEY, ItagError, read_manifests
 
 INTENTLM = Path(sys.executable).parent / "intentlm"
@@ -26,12 +26,15 @@ LABEL = "label-1787402095227383808"
 
 def labelled_row(instruction: str, output: str, *, key: str = LABEL, abandoned: int = 0, **data: object) -> str:
     """A line as iTAG exports it (the reference's example, field for field)."""
-    return json.dumps({
-        "data": {"instruction": instruction, "_itag_index": "", **data},
-        key: {"results": [{"questionId": "2", "data": output, "markTitle": "output", "type": "survey/value"}]},
-        "abandonFlag": abandoned,
-        "abandonRemark": None,
-    }, ensure_ascii=False)
+    return json.dumps(
+        {
+            "data": {"instruction": instruction, "_itag_index": "", **data},
+            key: {"results": [{"questionId": "2", "data": output, "markTitle": "output", "type": "survey/value"}]},
+            "abandonFlag": abandoned,
+            "abandonRemark": None,
+        },
+        ensure_ascii=False,
+    )
 
 
 def label(manifest: Path, outputs: list[str], labelled: Path) -> None:
@@ -41,8 +44,9 @@ def label(manifest: Path, outputs: list[str], labelled: Path) -> None:
     with labelled.open("w", encoding="utf-8") as f:
         for row, output in zip(rows, outputs):
             row["data"]["_itag_index"] = ""
-            row[LABEL] = {"results": [{"questionId": "2", "data": output, "markTitle": "output",
-                                       "type": "survey/value"}]}
+            row[LABEL] = {
+                "results": [{"questionId": "2", "data": output, "markTitle": "output", "type": "survey/value"}]
+            }
             row["abandonFlag"] = 0
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
@@ -78,11 +82,17 @@ def test_round_trip_of_the_training_data_is_lossless(tmp_path: Path) -> None:
 
 def test_the_references_exported_example_converts(tmp_path: Path) -> None:
     manifest = tmp_path / "export.manifest"
-    manifest.write_text("\n".join([
-        labelled_row("I want to listen to music", "play_music()"),
-        labelled_row("Too loud, turn the sound down", "volume_down()"),
-        labelled_row("I want to visit Hangzhou. Check the weather forecast for me", "weather_search(Hangzhou)"),
-    ]) + "\n", encoding="utf-8")
+    manifest.write_text(
+        "\n".join(
+            [
+                labelled_row("I want to listen to music", "play_music()"),
+                labelled_row("Too loud, turn the sound down", "volume_down()"),
+                labelled_row("I want to visit Hangzhou. Check the weather forecast for me", "weather_search(Hangzhou)"),
+            ]
+        )
+        + "\n",
+        encoding="utf-8",
+    )
     code, out = invoke("from-itag", manifest, "-o", tmp_path / "train.json")
     assert code == 0, out
     records = load_dataset(tmp_path / "train.json")
@@ -95,10 +105,14 @@ def test_the_references_exported_example_converts(tmp_path: Path) -> None:
 
 def test_abandoned_rows_are_skipped_and_counted(tmp_path: Path) -> None:
     first, second = tmp_path / "a.manifest", tmp_path / "b.manifest"
-    first.write_text(labelled_row("lights off", "iot_hue_lightoff()") + "\n"
-                     + labelled_row("asdf qwer", "", abandoned=1) + "\n", encoding="utf-8")
-    second.write_text(labelled_row("garbled", "whatever(", abandoned=1) + "\n"
-                      + labelled_row("wake me at 7", "alarm_set(7)") + "\n", encoding="utf-8")
+    first.write_text(
+        labelled_row("lights off", "iot_hue_lightoff()") + "\n" + labelled_row("asdf qwer", "", abandoned=1) + "\n",
+        encoding="utf-8",
+    )
+    second.write_text(
+        labelled_row("garbled", "whatever(", abandoned=1) + "\n" + labelled_row("wake me at 7", "alarm_set(7)") + "\n",
+        encoding="utf-8",
+    )
     code, out = invoke("from-itag", first, second, "-o", tmp_path / "train.json")
     assert code == 0, out
     assert "2 records written, 2 abandoned rows skipped" in out
@@ -115,8 +129,7 @@ def test_several_label_keys(tmp_path: Path) -> None:
     def row(answers: dict[str, str]) -> dict:
         line = {"data": {"instruction": "turn it off"}, "abandonFlag": 0}
         for key, answer in answers.items():
-            line[key] = {"results": [{"data": "note", "markTitle": "comment"},
-                                     {"data": answer, "markTitle": "output"}]}
+            line[key] = {"results": [{"data": "note", "markTitle": "comment"}, {"data": answer, "markTitle": "output"}]}
         return line
 
     manifest = tmp_path / "jobs.manifest"
@@ -149,24 +162,36 @@ def test_several_label_keys(tmp_path: Path) -> None:
     assert outputs == ["music_exit ( )", "volume_mute()"]
 
 
-@pytest.mark.parametrize("line, message", [
-    ("not json", "invalid JSON"),
-    ("[1, 2]", "expected a JSON object, found an array"),
-    ('{"abandonFlag": 0}', "field 'data': missing"),
-    ('{"data": {"text": "x"}}', "field 'data.instruction': missing"),
-    ('{"data": {"instruction": 5}}', "field 'data.instruction': expected a string, found a number"),
-    ('{"data": {"instruction": "  "}, "label-1": {"results": [{"data": "a()"}]}}', "field 'data.instruction': empty"),
-    ('{"data": {"instruction": "x"}}', "not labelled"),
-    ('{"data": {"instruction": "x"}, "label-1": {"results": []}}', "field 'label-1': expected an object"),
-    ('{"data": {"instruction": "x"}, "label-1": {"results": [{"data": "play music"}]}}',
-     "field 'label-1.results[0].data': expected '(' after 'play'"),
-    ('{"data": {"instruction": "x"}, "label-1": {"results": [{"data": ["a()"]}]}}',
-     "expected a string, found an array"),
-    ('{"data": {"instruction": "x"}, "abandonFlag": 2}', "field 'abandonFlag': expected 0 or 1"),
-    ('{"data": {"instruction": "x", "output": "a()"}, "label-1": {"results": [{"data": "a()"}]}}',
-     "field 'data.output'"),
-    ("", "empty line"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("not json", "invalid JSON"),
+        ("[1, 2]", "expected a JSON object, found an array"),
+        ('{"abandonFlag": 0}', "field 'data': missing"),
+        ('{"data": {"text": "x"}}', "field 'data.instruction': missing"),
+        ('{"data": {"instruction": 5}}', "field 'data.instruction': expected a string, found a number"),
+        (
+            '{"data": {"instruction": "  "}, "label-1": {"results": [{"data": "a()"}]}}',
+            "field 'data.instruction': empty",
+        ),
+        ('{"data": {"instruction": "x"}}', "not labelled"),
+        ('{"data": {"instruction": "x"}, "label-1": {"results": []}}', "field 'label-1': expected an object"),
+        (
+            '{"data": {"instruction": "x"}, "label-1": {"results": [{"data": "play music"}]}}',
+            "field 'label-1.results[0].data': expected '(' after 'play'",
+        ),
+        (
+            '{"data": {"instruction": "x"}, "label-1": {"results": [{"data": ["a()"]}]}}',
+            "expected a string, found an array",
+        ),
+        ('{"data": {"instruction": "x"}, "abandonFlag": 2}', "field 'abandonFlag': expected 0 or 1"),
+        (
+            '{"data": {"instruction": "x", "output": "a()"}, "label-1": {"results": [{"data": "a()"}]}}',
+            "field 'data.output'",
+        ),
+        ("", "empty line"),
+    ],
+)
 def test_bad_lines_are_reported_with_file_and_line(tmp_path: Path, line: str, message: str) -> None:
     manifest = tmp_path / "bad.manifest"
     manifest.write_text(labelled_row("fine", "a()") + "\n" + line + "\n", encoding="utf-8")
@@ -184,8 +209,11 @@ def test_every_bad_line_is_reported_at_once(tmp_path: Path) -> None:
     manifest.write_bytes(b"{\n" + labelled_row("ok", "a()").encode() + b"\n\xff\xfe\n[]\n")
     with pytest.raises(ItagError) as caught:
         read_manifests([manifest])
-    assert [(p.line, p.path) for p in caught.value.problems] == [(1, str(manifest)), (3, str(manifest)),
-                                                                 (4, str(manifest))]
+    assert [(p.line, p.path) for p in caught.value.problems] == [
+        (1, str(manifest)),
+        (3, str(manifest)),
+        (4, str(manifest)),
+    ]
     assert "not valid UTF-8" in str(caught.value.problems[1])
 
 
@@ -195,7 +223,8 @@ def test_to_itag_reads_unlabelled_utterances_and_refuses_bad_input(tmp_path: Pat
     code, out = invoke("to-itag", raw, "-o", tmp_path / "job.manifest")
     assert code == 0, out
     assert [json.loads(line) for line in (tmp_path / "job.manifest").read_text().splitlines()] == [
-        {"data": {"instruction": "dim the lights"}}, {"data": {"instruction": "what time is it", "id": 7}},
+        {"data": {"instruction": "dim the lights"}},
+        {"data": {"instruction": "what time is it", "id": 7}},
     ]
     code, out = invoke("to-itag", raw, "-o", raw / "under-a-file.manifest")
     assert code == 1 and "cannot write" in out
@@ -206,15 +235,19 @@ def test_to_itag_reads_unlabelled_utterances_and_refuses_bad_input(tmp_path: Pat
 
 def test_through_the_installed_console_script(tmp_path: Path) -> None:
     manifest = tmp_path / "export.manifest"
-    manifest.write_text(labelled_row("lights off please", "iot_hue_lightoff()") + "\n"
-                        + labelled_row("x", "", abandoned=1) + "\n", encoding="utf-8")
-    done = subprocess.run([INTENTLM, "data", "from-itag", manifest, "-o", tmp_path / "t.json"],
-                          capture_output=True, text=True, timeout=30)
+    manifest.write_text(
+        labelled_row("lights off please", "iot_hue_lightoff()") + "\n" + labelled_row("x", "", abandoned=1) + "\n",
+        encoding="utf-8",
+    )
+    done = subprocess.run(
+        [INTENTLM, "data", "from-itag", manifest, "-o", tmp_path / "t.json"], capture_output=True, text=True, timeout=30
+    )
     assert done.returncode == 0, done.stderr
     assert "1 records written, 1 abandoned rows skipped" in done.stdout
     manifest.write_text('{"data": {"instruction": "x"}, "label-1": {"results": [{"data": "a(("}]}}\n')
-    done = subprocess.run([INTENTLM, "data", "from-itag", manifest, "-o", tmp_path / "t.json"],
-                          capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        [INTENTLM, "data", "from-itag", manifest, "-o", tmp_path / "t.json"], capture_output=True, text=True, timeout=30
+    )
     assert done.returncode == 1
     assert done.stderr.startswith(f"Error: {manifest}:1: field 'label-1.results[0].data':")
     assert "Traceback" not in done.stderr
@@ -225,19 +258,40 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
     max_leaves=8,
 )
-row_like = st.fixed_dictionaries({}, optional={
-    "data": st.fixed_dictionaries({}, optional={"instruction": json_values | st.text(), "k": json_values}),
-    "abandonFlag": json_values,
-    "label-1": st.fixed_dictionaries({}, optional={"results": st.lists(st.fixed_dictionaries({}, optional={
-        "data": st.text(alphabet="ab(),; ") | json_values, "markTitle": st.sampled_from(["output", "x"]) | json_values,
-    }), max_size=2) | json_values}) | json_values,
-    PRELABEL_KEY: json_values,
-})
+row_like = st.fixed_dictionaries(
+    {},
+    optional={
+        "data": st.fixed_dictionaries({}, optional={"instruction": json_values | st.text(), "k": json_values}),
+        "abandonFlag": json_values,
+        "label-1": st.fixed_dictionaries(
+            {},
+            optional={
+                "results": st.lists(
+                    st.fixed_dictionaries(
+                        {},
+                        optional={
+                            "data": st.text(alphabet="ab(),; ") | json_values,
+                            "markTitle": st.sampled_from(["output", "x"]) | json_values,
+                        },
+                    ),
+                    max_size=2,
+                )
+                | json_values
+            },
+        )
+        | json_values,
+        PRELABEL_KEY: json_values,
+    },
+)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(lines=st.lists(st.binary(max_size=40) | row_like.map(lambda r: json.dumps(r).encode())
-                      | st.text(max_size=40).map(str.encode), max_size=5))
+@given(
+    lines=st.lists(
+        st.binary(max_size=40) | row_like.map(lambda r: json.dumps(r).encode()) | st.text(max_size=40).map(str.encode),
+        max_size=5,
+    )
+)
 def test_fuzzed_manifests_never_raise_anything_but_itag_errors(tmp_path: Path, lines: list[bytes]) -> None:
     manifest = tmp_path / "fuzz.manifest"
     manifest.write_bytes(b"\n".join(line.replace(b"\n", b" ") for line in lines))
@@ -265,9 +319,13 @@ def test_prelabel_with_the_base_model(tmp_path: Path, base_model: Path) -> None:
     dataset = tmp_path / "three.json"
     dataset.write_text(json.dumps([{"instruction": r.instruction} for r in records]))
     manifest = tmp_path / "prelabelled.manifest"
-    done = subprocess.run([INTENTLM, "data", "to-itag", dataset, "-o", manifest, "--prelabel-model", model],
-                          capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
+    done = subprocess.run(
+        [INTENTLM, "data", "to-itag", dataset, "-o", manifest, "--prelabel-model", model],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(line) for line in manifest.read_text().splitlines()]
     assert [row["data"]["instruction"] for row in rows] == [r.instruction for r in records]
@@ -282,4 +340,6 @@ def test_prelabel_with_the_base_model(tmp_path: Path, base_model: Path) -> None:
     # A model whose card lists no intents cannot pre-label: a clear message, nothing written.
     assert read_card(base_model).intents == []
     code, out = invoke("to-itag", dataset, "-o", tmp_path / "x.manifest", "--prelabel-model", base_model)
-    assert code == 1 and "cannot pre-label" in out and "lists no intents" in out and not (tmp_path / "x.manifest").exists()
+    assert (
+        code == 1 and "cannot pre-label" in out and "lists no intents" in out and not (tmp_path / "x.manifest").exists()
+    )

@@ -52,8 +52,9 @@ def setting_variables() -> set[str]:
 
 def exported_metrics() -> set[str]:
     """Every sample name ``/metrics`` can carry for the ``intentlm_*`` metrics."""
-    import service.metrics  # noqa: F401  (registers them)
     from prometheus_client import REGISTRY
+
+    import service.metrics  # noqa: F401  (registers them)
 
     names = set()
     for family in REGISTRY.collect():
@@ -94,7 +95,7 @@ def test_dockerfile_keeps_the_image_rules() -> None:
     instructions = dockerfile_instructions()
     stages = [i for i, (keyword, _) in enumerate(instructions) if keyword == "FROM"]
     assert len(stages) >= 2, "multi-stage: a build stage and a slim runtime stage"
-    build, runtime = instructions[stages[0]:stages[-1]], instructions[stages[-1]:]
+    build, runtime = instructions[stages[0] : stages[-1]], instructions[stages[-1] :]
     assert all(" AS " in args.upper() for keyword, args in instructions if keyword == "FROM")
 
     # CPU by default, the GPU build through the same install script.
@@ -134,7 +135,9 @@ def test_dockerignore_admits_exactly_what_the_build_copies() -> None:
             copied.update(args.split()[:-1])
     for source in copied:
         assert (REPO / source).exists(), f"COPY {source}: no such file"
-        assert source.split("/")[0] in allowed or source in allowed, f"COPY {source} is not in .dockerignore's allow-list"
+        assert source.split("/")[0] in allowed or source in allowed, (
+            f"COPY {source} is not in .dockerignore's allow-list"
+        )
 
 
 def tomllib_load() -> dict[str, Any]:
@@ -167,7 +170,9 @@ def rendered(request: pytest.FixtureRequest) -> dict[str, dict[str, Any]]:
 def test_every_manifest_validates_against_the_kubernetes_schemas(rendered: dict[str, dict[str, Any]]) -> None:
     import kubernetes_validate
 
-    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "ServiceMonitor"} <= set(rendered)
+    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "ServiceMonitor"} <= set(
+        rendered
+    )
     for kind, manifest in rendered.items():
         if kind == "ServiceMonitor":  # a CRD: checked against the Service in test_scraping_reaches_metrics
             continue
@@ -203,7 +208,9 @@ def test_environment_names_are_settings_and_the_token_comes_from_a_secret(render
     assert env["INTENTLM_API_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "intentlm-api-token", "key": "token"}
 
 
-def test_resources_are_requested_and_limited(rendered: dict[str, dict[str, Any]], request: pytest.FixtureRequest) -> None:
+def test_resources_are_requested_and_limited(
+    rendered: dict[str, dict[str, Any]], request: pytest.FixtureRequest
+) -> None:
     resources = container(rendered)["resources"]
     assert {"cpu", "memory"} <= set(resources["requests"]) and "memory" in resources["limits"]
     overlay = request.node.callspec.id
@@ -215,7 +222,9 @@ def test_resources_are_requested_and_limited(rendered: dict[str, dict[str, Any]]
         assert container(rendered)["image"].endswith("-cpu")
 
 
-def test_service_hpa_pdb_and_servicemonitor_select_the_pods(rendered: dict[str, dict[str, Any]], routes: set[str]) -> None:
+def test_service_hpa_pdb_and_servicemonitor_select_the_pods(
+    rendered: dict[str, dict[str, Any]], routes: set[str]
+) -> None:
     deployment = rendered["Deployment"]
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     service = rendered["Service"]

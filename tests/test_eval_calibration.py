@@ -28,7 +28,9 @@ runs_st = st.lists(st.tuples(st.floats(0, 1), st.booleans()), min_size=1, max_si
 
 
 @given(runs_st)
-def test_threshold_rejects_a_new_correct_answer_with_probability_at_most_1_percent(run: list[tuple[float, bool]]) -> None:
+def test_threshold_rejects_a_new_correct_answer_with_probability_at_most_1_percent(
+    run: list[tuple[float, bool]],
+) -> None:
     """The conformal bound: (correct answers below the threshold + 1) / (correct answers + 1) ≤ 1 %, and the
     threshold is the highest such (the next correct score up would break the bound)."""
     conf, ok = [c for c, _ in run], [k for _, k in run]
@@ -73,7 +75,7 @@ def test_temperature_recovers_a_known_miscalibration_and_lowers_ece() -> None:
     conf, ok = [], []
     for p in truth:
         right = round(100 * p)
-        conf += [p ** 3] * 100
+        conf += [p**3] * 100
         ok += [True] * right + [False] * (100 - right)
     t = fit_temperature(conf, ok)
     assert 2.9 < t < 3.1
@@ -104,8 +106,10 @@ def test_rows_split_in_and_out_of_scope_on_the_raw_answer() -> None:
 def test_calibrate_needs_a_model_and_constrained_decoding(tmp_path) -> None:
     data = tmp_path / "d.json"
     data.write_text('[{"instruction": "x", "output": "a()"}]')
-    for args in (["--url", "http://127.0.0.1:9", "--data", str(data), "--calibrate"],
-                 ["--model", str(tmp_path), "--data", str(data), "--calibrate", "--free-form"]):
+    for args in (
+        ["--url", "http://127.0.0.1:9", "--data", str(data), "--calibrate"],
+        ["--model", str(tmp_path), "--data", str(data), "--calibrate", "--free-form"],
+    ):
         result = CliRunner().invoke(eval_command, args)
         assert result.exit_code == 2 and "--calibrate needs --model" in result.output
 
@@ -123,8 +127,10 @@ def test_calibrate_thresholds_typicality_by_default_and_names_what_a_model_lacks
 
     (tmp_path / "config.json").write_text("{}")
     write_card(tmp_path, ModelCard(intents=["a"], oos_threshold=0.5))
-    rows = [{"gold": "a()", "raw": "a()", "gold_intent": "a", "confidence": 0.9,
-             "typicality": 0.3 + i / 1000} for i in range(120)]
+    rows = [
+        {"gold": "a()", "raw": "a()", "gold_intent": "a", "confidence": 0.9, "typicality": 0.3 + i / 1000}
+        for i in range(120)
+    ]
     rule = _calibrate(tmp_path, rows, "oos", "typicality", tmp_path / "val.json")
     card = read_card(tmp_path)
     assert card is not None and card.typicality_threshold == pytest.approx(0.3) == rule.typicality_threshold
@@ -147,8 +153,10 @@ def test_calibrate_pools_typicality_with_the_training_requests_cross_fitted_scor
 
     (tmp_path / "config.json").write_text("{}")
     write_card(tmp_path, ModelCard(intents=["a"]))
-    rows = [{"gold": "a()", "raw": "a()", "gold_intent": "a", "confidence": 0.9,
-             "typicality": 0.5 + i / 1000} for i in range(50)]
+    rows = [
+        {"gold": "a()", "raw": "a()", "gold_intent": "a", "confidence": 0.9, "typicality": 0.5 + i / 1000}
+        for i in range(50)
+    ]
     assert _calibrate(tmp_path, rows, "oos", "typicality", tmp_path / "val.json").typicality_threshold == 0.0
     held_out = np.array([0.2, 0.6, 0.3] + [0.7] * 247, dtype=np.float32)
     IntentStatistics(("a",), np.zeros((1, 2), np.float32), np.eye(2, dtype=np.float32), held_out).save(tmp_path)

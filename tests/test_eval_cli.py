@@ -14,8 +14,8 @@ import httpx
 import pytest
 import respx
 from click.testing import CliRunner
-
 from conftest import TEST_FILE
+
 from eval.cli import eval_command
 from eval.runner import RunnerError, model_card, predict_with_url
 
@@ -38,15 +38,23 @@ def _intents_reply(request: httpx.Request) -> httpx.Response:
     args = [a for a in rest.rstrip(")").split(",") if a]
     if index >= 4:
         name = "iot_cleaning" if name != "iot_cleaning" else "play_music"
-    return httpx.Response(200, json={"intents": [{"name": name, "args": args}], "raw": f"{name}({','.join(args)})",
-                                     "confidence": 0.9, "latency_ms": 5.0})
+    return httpx.Response(
+        200,
+        json={
+            "intents": [{"name": name, "args": args}],
+            "raw": f"{name}({','.join(args)})",
+            "confidence": 0.9,
+            "latency_ms": 5.0,
+        },
+    )
 
 
 @respx.mock
 def test_url_intents_api(data_file: Path, tmp_path: Path) -> None:
     route = respx.post(f"{URL}/v1/intents").mock(side_effect=_intents_reply)
-    result = CliRunner().invoke(eval_command, ["--url", URL, "--data", str(data_file), "--token", "s3cret",
-                                               "--report", str(tmp_path / "out")])
+    result = CliRunner().invoke(
+        eval_command, ["--url", URL, "--data", str(data_file), "--token", "s3cret", "--report", str(tmp_path / "out")]
+    )
     assert result.exit_code == 0, result.output
     assert route.call_count == len(RECORDS)
     assert route.calls[0].request.headers["Authorization"] == "s3cret"
@@ -60,8 +68,11 @@ def test_url_intents_api(data_file: Path, tmp_path: Path) -> None:
 
 @respx.mock
 def test_url_eas_api_is_greedy_and_scores_the_response_text() -> None:
-    route = respx.post(f"{URL}/").mock(return_value=httpx.Response(
-        200, json={"response": "play_music (jazz)", "history": [["q", "play_music (jazz)"]]}))
+    route = respx.post(f"{URL}/").mock(
+        return_value=httpx.Response(
+            200, json={"response": "play_music (jazz)", "history": [["q", "play_music (jazz)"]]}
+        )
+    )
     predictions = predict_with_url(URL, ["find jazz"], api="eas", progress=False)
     body = json.loads(route.calls[0].request.content)
     assert body["prompt"] == "find jazz" and body["temperature"] == 0 and body["max_new_tokens"] == 64
@@ -70,8 +81,9 @@ def test_url_eas_api_is_greedy_and_scores_the_response_text() -> None:
 
 @respx.mock
 def test_url_401_is_a_clear_error(data_file: Path) -> None:
-    respx.post(f"{URL}/v1/intents").mock(return_value=httpx.Response(
-        401, json={"error": {"code": "unauthorized", "message": "missing or wrong token"}}))
+    respx.post(f"{URL}/v1/intents").mock(
+        return_value=httpx.Response(401, json={"error": {"code": "unauthorized", "message": "missing or wrong token"}})
+    )
     result = CliRunner().invoke(eval_command, ["--url", URL, "--data", str(data_file)])
     assert result.exit_code == 1
     assert "401" in result.output and "--token" in result.output and "Traceback" not in result.output

@@ -11,15 +11,19 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, TEST_FILE, TYPICALITY_RECORDS, LiveServer, link_model
 
 LIMIT = 8  # records: enough for a batch, small enough to keep the test short
 
 
 def _eval(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(REPO / ".venv" / "bin" / "intentlm"), "eval", "--data", str(TEST_FILE),
-                           "--limit", str(LIMIT), *args], capture_output=True, text=True, timeout=600, cwd=REPO)
+    return subprocess.run(
+        [str(REPO / ".venv" / "bin" / "intentlm"), "eval", "--data", str(TEST_FILE), "--limit", str(LIMIT), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
 
 
 def _rows(out: Path) -> list[dict]:
@@ -56,8 +60,10 @@ def test_model_run_writes_a_consistent_report(model_run: Path, smarthome_model: 
 @pytest.mark.engine
 def test_url_run_agrees_with_model_run(model_run: Path, live_server: LiveServer, tmp_path: Path) -> None:
     """Same model, same prompt, greedy constrained decoding: the service answers as the offline engine."""
-    assert live_server.model_dir.resolve() == Path(json.loads(
-        (model_run / "metrics.json").read_text())["run"]["source"]).resolve()
+    assert (
+        live_server.model_dir.resolve()
+        == Path(json.loads((model_run / "metrics.json").read_text())["run"]["source"]).resolve()
+    )
     done = _eval("--url", live_server.url, "--token", live_server.token or "", "--report", str(tmp_path))
     assert done.returncode == 0, done.stdout + done.stderr[-4000:]
     url_result = json.loads((tmp_path / "metrics.json").read_text())
@@ -65,8 +71,9 @@ def test_url_run_agrees_with_model_run(model_run: Path, live_server: LiveServer,
     assert url_result["run"]["mode"] == "url (intents)"
     assert [r["raw"] for r in _rows(tmp_path)] == [r["raw"] for r in _rows(model_run)]
     # one prompt alone (the server) or in a batch of 8 (eval): the same state but for bf16 rounding
-    assert [r["typicality"] for r in _rows(tmp_path)] == pytest.approx([r["typicality"] for r in _rows(model_run)],
-                                                                       rel=0.05)
+    assert [r["typicality"] for r in _rows(tmp_path)] == pytest.approx(
+        [r["typicality"] for r in _rows(model_run)], rel=0.05
+    )
     assert url_result["metrics"]["reference"] == model_result["metrics"]["reference"]
 
 

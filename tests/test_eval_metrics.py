@@ -193,7 +193,11 @@ def test_out_of_scope_and_latency() -> None:
     preds = ["oos()", "a(x)", "a(x)", "oos()"]
     m = compute_metrics(golds, preds, latencies_ms=[10, 20, 30, 40])
     assert m.out_of_scope is not None
-    assert (m.out_of_scope.recall, m.out_of_scope.in_scope_accuracy, m.out_of_scope.in_scope_rejected) == (0.5, 0.5, 0.5)
+    assert (m.out_of_scope.recall, m.out_of_scope.in_scope_accuracy, m.out_of_scope.in_scope_rejected) == (
+        0.5,
+        0.5,
+        0.5,
+    )
     assert compute_metrics(golds, preds, oos_label="nothing").out_of_scope is None
     assert m.latency is not None and (m.latency.p50_ms, m.latency.p99_ms, m.latency.mean_ms) == (20, 40, 25)
 

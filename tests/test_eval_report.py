@@ -21,8 +21,16 @@ def _result(golds: list[str], preds: list[str], *, source: str = "models/x") -> 
     instructions = [f"utterance {i}" for i in range(len(golds))]
     predictions = [Prediction(text=p, raw=p, latency_ms=10.0 + i, confidence=0.5) for i, p in enumerate(preds)]
     metrics = compute_metrics(golds, preds, instructions=instructions, latencies_ms=[p.latency_ms for p in predictions])
-    run = RunInfo(source=source, mode="model", data="test.json", data_sha256="0" * 64, records=len(golds),
-                  constrained=True, wall_s=1.5, created_at="2026-01-01T00:00:00+00:00")
+    run = RunInfo(
+        source=source,
+        mode="model",
+        data="test.json",
+        data_sha256="0" * 64,
+        records=len(golds),
+        constrained=True,
+        wall_s=1.5,
+        created_at="2026-01-01T00:00:00+00:00",
+    )
     scores = [score_record(g, p) for g, p in zip(golds, preds)]
     return EvalResult(run=run, metrics=metrics), prediction_rows(instructions, golds, predictions, scores)
 
@@ -39,7 +47,13 @@ def test_report_files(tmp_path: Path) -> None:
     result, rows = _random_run(12, 200, seed=1)
     out = write_report(tmp_path / "out", result, rows)
     assert sorted(p.name for p in out.iterdir()) == [  # calibration.png: the predictions have confidences
-        "calibration.png", "confusion.png", "metrics.json", "predictions.jsonl", "report.html", "report.md"]
+        "calibration.png",
+        "confusion.png",
+        "metrics.json",
+        "predictions.jsonl",
+        "report.html",
+        "report.md",
+    ]
     png = (out / "confusion.png").read_bytes()
     assert png.startswith(PNG_SIGNATURE)
     assert matplotlib.image.imread(out / "confusion.png").ndim == 3
@@ -47,8 +61,17 @@ def test_report_files(tmp_path: Path) -> None:
     lines = (out / "predictions.jsonl").read_text().splitlines()
     assert len(lines) == 200
     row = json.loads(lines[0])
-    assert {"instruction", "gold", "prediction", "reference_intent_correct", "reference_params_correct",
-            "intent_correct", "exact_match", "malformed", "latency_ms"} <= set(row)
+    assert {
+        "instruction",
+        "gold",
+        "prediction",
+        "reference_intent_correct",
+        "reference_params_correct",
+        "intent_correct",
+        "exact_match",
+        "malformed",
+        "latency_ms",
+    } <= set(row)
     page = (out / "report.html").read_text()
     assert "data:image/png;base64," in page and "Worst errors" in page
     assert "src='http" not in page and "href=" not in page  # self-contained
@@ -79,15 +102,15 @@ def test_compare_two_runs(tmp_path: Path) -> None:
     b, rows_b = _random_run(12, 200, seed=5, source="models/b")
     write_report(tmp_path / "a", a, rows_a)
     write_report(tmp_path / "b", b, rows_b)
-    result = CliRunner().invoke(eval_command, ["--compare", str(tmp_path / "a" / "metrics.json"),
-                                               str(tmp_path / "b" / "metrics.json")])
+    result = CliRunner().invoke(
+        eval_command, ["--compare", str(tmp_path / "a" / "metrics.json"), str(tmp_path / "b" / "metrics.json")]
+    )
     assert result.exit_code == 0, result.output
     assert "models/a" in result.output and "models/b" in result.output
     first = a.metrics.per_intent[0]
     other = next(s for s in b.metrics.per_intent if s.name == first.name)
     line = next(line for line in result.output.splitlines() if line.startswith(first.name + " "))
     assert f"{other.f1 - first.f1:+.3f}" in line
-
 
     bad = tmp_path / "bad.json"
     bad.write_text("{}")

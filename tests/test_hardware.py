@@ -8,12 +8,15 @@ from service import hardware
 from service.hardware import choose_dtype
 
 
-@pytest.mark.parametrize(("flags", "dtype"), [
-    ({"avx", "avx2"}, "float32"),  # AVX2 only: torch would emulate bf16
-    ({"avx2", "avx512f", "avx512_bf16"}, "bfloat16"),
-    ({"avx2", "amx_bf16", "amx_tile"}, "bfloat16"),
-    (set(), "float32"),  # no /proc/cpuinfo: the safe choice
-])
+@pytest.mark.parametrize(
+    ("flags", "dtype"),
+    [
+        ({"avx", "avx2"}, "float32"),  # AVX2 only: torch would emulate bf16
+        ({"avx2", "avx512f", "avx512_bf16"}, "bfloat16"),
+        ({"avx2", "amx_bf16", "amx_tile"}, "bfloat16"),
+        (set(), "float32"),  # no /proc/cpuinfo: the safe choice
+    ],
+)
 def test_cpu_dtype_follows_native_bf16(monkeypatch: pytest.MonkeyPatch, flags: set[str], dtype: str) -> None:
     monkeypatch.setattr(hardware, "cpu_flags", lambda: flags)
     choice = choose_dtype("auto", cuda=False)

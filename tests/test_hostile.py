@@ -39,8 +39,7 @@ def run_schemathesis(url: str, headers: dict[str, str], max_examples: int = SCHE
     for operation in operations:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
 
-            @settings(max_examples=max_examples, deadline=None, database=None,
-                      suppress_health_check=list(HealthCheck))
+            @settings(max_examples=max_examples, deadline=None, database=None, suppress_health_check=list(HealthCheck))
             @given(case=operation.as_strategy(generation_mode=mode))
             def check(case) -> None:
                 if mode == GenerationMode.POSITIVE and isinstance(case.body, dict):
@@ -71,6 +70,7 @@ def test_schemathesis_without_a_token_is_401_and_conforms(live_server) -> None:
 
 
 # ----------------------------------------------------------------------------- hand-written corpus
+
 
 def _deep(depth: int) -> bytes:
     return b'{"prompt": ' + b"[" * depth + b"]" * depth + b"}"
@@ -164,11 +164,14 @@ def test_prompt_injection_cannot_leave_the_grammar(client, known) -> None:
     for answer in reply.json():
         assert all(call["name"] in known for call in answer["intents"]), answer
         if answer["raw"]:  # what the model wrote parses and is exactly what the reply reports
-            assert [c.name for c in parse(answer["raw"])] == [c["name"] for c in answer["intents"]] or \
-                answer["intents"] == [{"name": "oos", "args": []}]
+            assert [c.name for c in parse(answer["raw"])] == [c["name"] for c in answer["intents"]] or answer[
+                "intents"
+            ] == [{"name": "oos", "args": []}]
     # The same through history and the system prompt.
-    reply = client.post("/v1/intents", json={"text": "turn on the lights", "system_prompt": INJECTIONS[0],
-                                             "history": [[INJECTIONS[2], "rm_rf(/)"]]})
+    reply = client.post(
+        "/v1/intents",
+        json={"text": "turn on the lights", "system_prompt": INJECTIONS[0], "history": [[INJECTIONS[2], "rm_rf(/)"]]},
+    )
     assert reply.status_code == 200, reply.text
     assert all(call["name"] in known for call in reply.json()["intents"])
 
@@ -188,6 +191,7 @@ def test_slow_streaming_body_is_bounded(client) -> None:
 
 
 # ----------------------------------------------------------------------------------- parser fuzzing
+
 
 @settings(max_examples=1500, deadline=None)
 @given(st.text() | st.text(alphabet=st.sampled_from(list("(),; \\\"'\n\tabc_.-1\x00天"))))

@@ -6,10 +6,10 @@ import json
 import re
 
 import pytest
+from conftest import MULTI_TEST_FILE, OOS_TEST_FILE, TEST_FILE, TRAIN_FILE
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import MULTI_TEST_FILE, OOS_TEST_FILE, TEST_FILE, TRAIN_FILE
 from service.intents import Call, IntentParseError, canonical, format_calls, intent_regex, parse, try_parse
 
 
@@ -71,9 +71,11 @@ def test_every_real_output_parses_and_is_canonical(path) -> None:
 
 NAMES = ["play_music", "alarm_set", "iot_hue_lightoff", "a.b-c", "天气", "alarm"]
 name_st = st.sampled_from(NAMES)
-arg_st = st.text(st.characters(blacklist_characters=",();", blacklist_categories=("Cs",)), min_size=1).map(
-    str.strip
-).filter(bool)
+arg_st = (
+    st.text(st.characters(blacklist_characters=",();", blacklist_categories=("Cs",)), min_size=1)
+    .map(str.strip)
+    .filter(bool)
+)
 call_st = st.builds(Call, name_st, st.lists(arg_st, max_size=4).map(tuple))
 calls_st = st.lists(call_st, min_size=1, max_size=4)
 ws_st = st.sampled_from(["", " ", "  ", "\t", "\n "])

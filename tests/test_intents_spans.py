@@ -6,10 +6,10 @@ import json
 import re
 
 import pytest
+from conftest import MULTI_TEST_FILE, TEST_FILE, TRAIN_FILE
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import MULTI_TEST_FILE, TEST_FILE, TRAIN_FILE
 from service.intents import (
     _WORD,
     MAX_SPAN_WORDS,
@@ -26,8 +26,30 @@ from service.intents import (
 NAMES = ["play_music", "alarm_set", "alarm", "a.b-c"]
 # Words with the characters regex engines treat specially, delimiters, unicode and odd spacing.
 piece_st = st.sampled_from(
-    ["wake", "me", "at", "5:30", "a.m.", "o'clock", "paris?", "(now)", "x,y", ";", "$1.50", "c++", "[a]", "{2}",
-     "a|b", "back\\slash", "^up", "-", "天气", "café", "_", "é"]
+    [
+        "wake",
+        "me",
+        "at",
+        "5:30",
+        "a.m.",
+        "o'clock",
+        "paris?",
+        "(now)",
+        "x,y",
+        ";",
+        "$1.50",
+        "c++",
+        "[a]",
+        "{2}",
+        "a|b",
+        "back\\slash",
+        "^up",
+        "-",
+        "天气",
+        "café",
+        "_",
+        "é",
+    ]
 )
 text_st = st.lists(st.tuples(piece_st, st.sampled_from([" ", "  ", ", ", "\t", " - "])), max_size=10).map(
     lambda parts: "".join(p + sep for p, sep in parts).strip()
@@ -47,14 +69,20 @@ def test_spans_are_valid_arguments_taken_from_the_text(text: str) -> None:
 def test_regex_accepts_exactly_calls_whose_arguments_are_spans(text: str, data: st.DataObject) -> None:
     spans = text_spans(text)
     regex = intent_regex(NAMES, arg_spans=spans)
-    arg_st = st.sampled_from(spans) | st.sampled_from(["wake me", "me at", "paris?", "x", "a.m.", "5:30 a.m"]) \
-        if spans else st.sampled_from(["x", "wake"])
-    calls = data.draw(st.lists(st.builds(Call, st.sampled_from([*NAMES, "play"]),
-                                         st.lists(arg_st, max_size=3).map(tuple)), min_size=1, max_size=3))
-    output = format_calls(calls)
-    expected = try_parse(output) == calls and all(
-        c.name in NAMES and all(a in spans for a in c.args) for c in calls
+    arg_st = (
+        st.sampled_from(spans) | st.sampled_from(["wake me", "me at", "paris?", "x", "a.m.", "5:30 a.m"])
+        if spans
+        else st.sampled_from(["x", "wake"])
     )
+    calls = data.draw(
+        st.lists(
+            st.builds(Call, st.sampled_from([*NAMES, "play"]), st.lists(arg_st, max_size=3).map(tuple)),
+            min_size=1,
+            max_size=3,
+        )
+    )
+    output = format_calls(calls)
+    expected = try_parse(output) == calls and all(c.name in NAMES and all(a in spans for a in c.args) for c in calls)
     assert (re.fullmatch(regex, output) is not None) == expected
 
 
@@ -68,9 +96,19 @@ def test_every_real_answer_fits_its_own_grammar(path) -> None:
 
 
 def test_args_are_spans_counts_invented_words() -> None:
-    records = [("wake me at five", [Call("alarm_set", ("five",))]),
-               ("wake me at five", [Call("alarm_set", ("5",), )]),
-               ("lights off", [Call("iot_hue_lightoff")])]
+    records = [
+        ("wake me at five", [Call("alarm_set", ("five",))]),
+        (
+            "wake me at five",
+            [
+                Call(
+                    "alarm_set",
+                    ("5",),
+                )
+            ],
+        ),
+        ("lights off", [Call("iot_hue_lightoff")]),
+    ]
     assert args_are_spans(records) == 0.5
     assert args_are_spans([]) == 1.0
 

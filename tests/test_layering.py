@@ -14,8 +14,14 @@ from pathlib import Path
 from conftest import REPO
 
 LAYERS = ["clients", "service", "eval", "training", "intentlm"]
-CONTRACTS = ["service.intents", "service.prompt", "service.modelcard", "service.scope", "service.dataset",
-             "service.errors"]
+CONTRACTS = [
+    "service.intents",
+    "service.prompt",
+    "service.modelcard",
+    "service.scope",
+    "service.dataset",
+    "service.errors",
+]
 HEAVY = ("vllm", "torch", "fastapi", "transformers")
 
 
@@ -60,7 +66,7 @@ def test_no_import_cycle_between_modules() -> None:
     done: set[str] = set()
 
     def visit(name: str, stack: list[str]) -> None:
-        assert name not in stack, " -> ".join([*stack[stack.index(name):], name])
+        assert name not in stack, " -> ".join([*stack[stack.index(name) :], name])
         if name in done:
             return
         for imported in graph[name]:

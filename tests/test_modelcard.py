@@ -45,10 +45,9 @@ def test_atomic_directory_replaces_on_success_and_keeps_old_on_failure(tmp_path:
     assert (target / "weights").read_text() == "v1"
     assert oct(target.stat().st_mode & 0o777) != oct(0o700)
 
-    with pytest.raises(RuntimeError):
-        with atomic_directory(target) as tmp:
-            (tmp / "weights").write_text("v2-partial")
-            raise RuntimeError("training crashed")
+    with pytest.raises(RuntimeError), atomic_directory(target) as tmp:
+        (tmp / "weights").write_text("v2-partial")
+        raise RuntimeError("training crashed")
     assert (target / "weights").read_text() == "v1"
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
 
@@ -60,9 +59,8 @@ def test_atomic_directory_replaces_on_success_and_keeps_old_on_failure(tmp_path:
 
 def test_refuses_a_file_as_target(tmp_path: Path) -> None:
     (tmp_path / "model").write_text("not a dir")
-    with pytest.raises(NotADirectoryError):
-        with atomic_directory(tmp_path / "model"):
-            pass
+    with pytest.raises(NotADirectoryError), atomic_directory(tmp_path / "model"):
+        pass
 
 
 def test_recover_puts_back_a_directory_lost_between_the_two_renames(tmp_path: Path) -> None:
@@ -85,8 +83,9 @@ with atomic_directory({str(target)!r}) as tmp:
     print("writing", flush=True)
     time.sleep(60)
 """
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
-                            cwd=Path(__file__).parent.parent)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent
+    )
     assert proc.stdout.readline().strip() == "writing"
     proc.send_signal(signal.SIGKILL)
     proc.wait()

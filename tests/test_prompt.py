@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from service.prompt import build_prompt, build_target, chatml, fold_history
 
 SYSTEM = "You are an intent recognition expert."

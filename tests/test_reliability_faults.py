@@ -25,14 +25,26 @@ pytestmark = pytest.mark.engine
 
 MAX_IN_FLIGHT, MAX_QUEUED = 2, 2
 # Greedy counting under a plain system prompt: the base model keeps going to the 64-token cap.
-LONG = {"prompt": "Count from 1 to 1000, separated by commas.", "system_prompt": "You are a helpful assistant.",
-        "max_new_tokens": 64}
+LONG = {
+    "prompt": "Count from 1 to 1000, separated by commas.",
+    "system_prompt": "You are a helpful assistant.",
+    "max_new_tokens": 64,
+}
 
 
 @pytest.fixture(scope="module")
 def server(smarthome_model, tmp_path_factory) -> LiveServer:
-    started = start_server(smarthome_model, tmp_path_factory.mktemp("faults"), "--max-in-flight", str(MAX_IN_FLIGHT),
-                           "--max-queued", str(MAX_QUEUED), "--max-new-tokens-cap", "64", token=None)
+    started = start_server(
+        smarthome_model,
+        tmp_path_factory.mktemp("faults"),
+        "--max-in-flight",
+        str(MAX_IN_FLIGHT),
+        "--max-queued",
+        str(MAX_QUEUED),
+        "--max-new-tokens-cap",
+        "64",
+        token=None,
+    )
     yield started
     started.stop()
 
@@ -83,8 +95,10 @@ def test_overload_is_refused_quickly_and_the_server_recovers(server) -> None:
     refusal_s = sorted(seconds for _, seconds, _, _ in refused)
     assert refusal_s[-1] < 1.0, f"503s took {refusal_s}"
     assert live_s < 1.0
-    print(f"\n503 latency: median {refusal_s[len(refusal_s) // 2] * 1000:.0f} ms, max {refusal_s[-1] * 1000:.0f} ms; "
-          f"served {len(served)}, refused {len(refused)}")
+    print(
+        f"\n503 latency: median {refusal_s[len(refusal_s) // 2] * 1000:.0f} ms, max {refusal_s[-1] * 1000:.0f} ms; "
+        f"served {len(served)}, refused {len(refused)}"
+    )
     # Load dropped: every slot is free again and the next request is served.
     wait_until(lambda: gauges(server) == 0, 10, "slots still held after the burst")
     assert httpx.post(f"{server.url}/v1/intents", json={"text": "lights off"}, timeout=30).status_code == 200
@@ -107,8 +121,11 @@ def test_slow_reader_and_stalled_sender_do_not_hold_slots(server) -> None:
     address = urlparse(server.url)
     body = json.dumps({"text": "lights off"}).encode()
     with socket.create_connection((address.hostname, address.port)) as stalled:
-        stalled.sendall(b"POST /v1/intents HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                        + f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:5])
+        stalled.sendall(
+            b"POST /v1/intents HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body[:5]
+        )
         with httpx.Client(base_url=server.url, timeout=30) as client:
             with client.stream("POST", "/", json={**LONG, "max_new_tokens": 16, "use_stream_chat": True}) as reply:
                 parts = []
@@ -128,7 +145,10 @@ def test_schemathesis_with_auth_off(server) -> None:
 def test_a_batch_that_can_never_fit_is_422_not_503(server) -> None:
     reply = httpx.post(f"{server.url}/v1/intents", json={"texts": ["a"] * (MAX_IN_FLIGHT + MAX_QUEUED + 1)})
     assert reply.status_code == 422 and reply.json()["error"] == {
-        "code": "batch_too_large", "field": "texts", "message": reply.json()["error"]["message"]}
+        "code": "batch_too_large",
+        "field": "texts",
+        "message": reply.json()["error"]["message"],
+    }
 
 
 def engine_cores(server: LiveServer) -> list[psutil.Process]:
@@ -178,5 +198,7 @@ def test_engine_killed_under_load_fails_fast_and_the_process_exits_1(server) -> 
     assert server.process.wait(30) == 1, server.log()[-3000:]
     exit_s = time.monotonic() - killed
     assert "the engine died" in server.log()
-    print(f"\nengine killed: in-flight requests ended after {done_s:.1f} s, process exited 1 after {exit_s:.1f} s; "
-          f"outcomes {outcomes}")
+    print(
+        f"\nengine killed: in-flight requests ended after {done_s:.1f} s, process exited 1 after {exit_s:.1f} s; "
+        f"outcomes {outcomes}"
+    )

@@ -57,9 +57,25 @@ def test_sigkill_at_random_points_never_breaks_the_previous_model(smarthome_mode
     for phase in PHASES:
         card_before = (output / "intentlm.json").read_bytes()
         process = subprocess.Popen(
-            [INTENTLM, "train", "--data", str(data), "--output", str(output), "--base-model", str(smarthome_model),
-             *TINY, "--num_train_epochs", "1", "--save_steps", "1"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
+            [
+                INTENTLM,
+                "train",
+                "--data",
+                str(data),
+                "--output",
+                str(output),
+                "--base-model",
+                str(smarthome_model),
+                *TINY,
+                "--num_train_epochs",
+                "1",
+                "--save_steps",
+                "1",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            cwd=REPO,
+        )
         if phase == "start":
             reached = wait_for(lambda: False, process, timeout=rng.uniform(0.5, 4.0)) or process.poll() is None
         elif phase == "training":

@@ -14,7 +14,10 @@ def test_rule_rejects_below_any_threshold_and_says_which() -> None:
     assert rule.rejects(0.49, 1.0) and rule.rejects(1.0, 0.29)
     assert not rule.rejects(0.9, None)  # a reply without typicality is judged on its confidence alone
     assert [rule.rejection(*scores) for scores in ((0.4, 0.1), (0.9, 0.1), (0.9, 0.9))] == [
-        "confidence", "typicality", None]
+        "confidence",
+        "typicality",
+        None,
+    ]
     assert not OutOfScopeRule().rejects(0.0, 0.0)
 
 

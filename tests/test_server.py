@@ -76,7 +76,11 @@ def test_intents_batch_keeps_order_and_matches_singles(client) -> None:
 def test_intents_free_form_and_history(client) -> None:
     reply = client.post(
         "/v1/intents",
-        json={"text": "and in the bedroom", "history": [["turn off the lights", "iot_hue_lightoff()"]], "constrained": False},
+        json={
+            "text": "and in the bedroom",
+            "history": [["turn off the lights", "iot_hue_lightoff()"]],
+            "constrained": False,
+        },
     )
     assert reply.status_code == 200, reply.text
     assert isinstance(reply.json()["raw"], str)
@@ -138,7 +142,10 @@ def test_intents_invalid_fields_are_422_naming_the_field(client, body, field) ->
 def test_auth_raw_bearer_missing_wrong(live_server) -> None:
     url = f"{live_server.url}/v1/intents"
     body = {"text": "lights off"}
-    assert httpx.post(url, json=body, headers={"Authorization": f"Bearer {live_server.token}"}, timeout=60).status_code == 200
+    assert (
+        httpx.post(url, json=body, headers={"Authorization": f"Bearer {live_server.token}"}, timeout=60).status_code
+        == 200
+    )
     for headers in ({}, {"Authorization": "wrong"}, {"Authorization": "Bearer wrong"}):
         reply = httpx.post(url, json=body, headers=headers)
         assert reply.status_code == 401
@@ -147,7 +154,9 @@ def test_auth_raw_bearer_missing_wrong(live_server) -> None:
 
 
 def test_body_too_large_is_413_json(client) -> None:
-    reply = client.post("/", content=b'{"prompt": "' + b"a" * (2 << 20) + b'"}', headers={"Content-Type": "application/json"})
+    reply = client.post(
+        "/", content=b'{"prompt": "' + b"a" * (2 << 20) + b'"}', headers={"Content-Type": "application/json"}
+    )
     assert reply.status_code == 413
     assert reply.json()["error"]["code"] == "body_too_large"
 
@@ -184,8 +193,14 @@ def _running(url: str) -> float:
 @pytest.mark.parametrize("stream", [False, True])
 def test_client_disconnect_aborts_generation(live_server, stream) -> None:
     """A long generation stops in the engine as soon as its client goes away."""
-    body = json.dumps({"prompt": "Write a very long story about a dragon.", "max_new_tokens": 1500,
-                       "temperature": 0.7, "use_stream_chat": stream}).encode()
+    body = json.dumps(
+        {
+            "prompt": "Write a very long story about a dragon.",
+            "max_new_tokens": 1500,
+            "temperature": 0.7,
+            "use_stream_chat": stream,
+        }
+    ).encode()
     address = urlparse(live_server.url)
     with socket.create_connection((address.hostname, address.port)) as sock:
         sock.sendall(

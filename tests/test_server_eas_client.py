@@ -23,8 +23,10 @@ from typing import Any
 import httpx
 import pytest
 
-SYSTEM_PROMPT = ("You are an intent recognition expert. You can recognize an intent based on user questions and "
-                 "return the corresponding intent and parameters.")
+SYSTEM_PROMPT = (
+    "You are an intent recognition expert. You can recognize an intent based on user questions and "
+    "return the corresponding intent and parameters."
+)
 History = list[list[str]]
 
 
@@ -116,8 +118,9 @@ def test_nul_reader_finds_the_same_pieces_whatever_the_chunking(chunks: list[byt
 def test_non_streaming_reply_has_response_and_history(live_server) -> None:
     # The reference client's command-line defaults: top_k 4, top_p 0.8, temperature 0.95, max_new_tokens 2048.
     client = EasClient(live_server.url, live_server.token)
-    output, history = client.chat("turn off the kitchen lights", [], top_k=4, top_p=0.8, temperature=0.95,
-                                  max_new_tokens=2048)
+    output, history = client.chat(
+        "turn off the kitchen lights", [], top_k=4, top_p=0.8, temperature=0.95, max_new_tokens=2048
+    )
     assert isinstance(output, str) and output
     assert history == [["turn off the kitchen lights", output]]
 

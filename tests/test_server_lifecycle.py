@@ -25,12 +25,14 @@ def servers(smarthome_model, tmp_path_factory) -> dict[str, LiveServer]:
     log_dir = tmp_path_factory.mktemp("lifecycle")
     started = {
         # One generation at a time, no queue, 3 s per request: easy to overload and to time out.
-        "tight": start_server(smarthome_model, log_dir, "--max-in-flight", "1", "--max-queued", "0",
-                              "--request-timeout", "3", wait=False),
+        "tight": start_server(
+            smarthome_model, log_dir, "--max-in-flight", "1", "--max-queued", "0", "--request-timeout", "3", wait=False
+        ),
         # Answers of at most 40 tokens: short, bounded requests for the cap and the drain; and a typicality
         # threshold, for the out-of-scope rule through the real engine.
-        "short": start_server(smarthome_model, log_dir, "--max-new-tokens-cap", "40",
-                              "--typicality-threshold", "0.3", wait=False),
+        "short": start_server(
+            smarthome_model, log_dir, "--max-new-tokens-cap", "40", "--typicality-threshold", "0.3", wait=False
+        ),
     }
     yield started
     for server in started.values():
@@ -77,7 +79,10 @@ def test_not_ready_while_loading_then_ready(servers) -> None:
     if api.status_code == 503:
         assert api.json()["error"]["code"] == "not_ready"
     wait_ready(server)
-    assert httpx.post(f"{server.url}/v1/intents", json={"text": "hi"}, headers=headers(server), timeout=30).status_code == 200
+    assert (
+        httpx.post(f"{server.url}/v1/intents", json={"text": "hi"}, headers=headers(server), timeout=30).status_code
+        == 200
+    )
 
 
 def test_overload_is_503_at_once_and_timeout_is_504(servers) -> None:
@@ -109,9 +114,12 @@ def test_atypical_requests_are_answered_out_of_scope(servers) -> None:
     test model's statistics: base model, 10 records per intent; 0.95, 0.06 and 0.01 typicality when measured)."""
     server = servers["short"]
     wait_ready(server)
-    replies = httpx.post(f"{server.url}/v1/intents", headers=headers(server), timeout=60, json={
-        "texts": ["turn the lights off", "order a large pepperoni pizza with extra cheese",
-                  "what is your name"]}).json()
+    replies = httpx.post(
+        f"{server.url}/v1/intents",
+        headers=headers(server),
+        timeout=60,
+        json={"texts": ["turn the lights off", "order a large pepperoni pizza with extra cheese", "what is your name"]},
+    ).json()
     assert replies[0]["typicality"] > 0.6
     assert replies[0]["intents"][0]["name"] != "oos"
     assert replies[1]["typicality"] < 0.3 and replies[1]["intents"] == [{"name": "oos", "args": []}]

@@ -44,8 +44,12 @@ class FakeEngine:
 
     async def predict_many(self, texts: list[str], **kwargs: object) -> list[IntentPrediction]:
         await asyncio.sleep(self.delay)
-        return [IntentPrediction(intents=[IntentCall(name="echo", args=[t])], raw=f"echo({t})", confidence=1.0,
-                                 latency_ms=1.0) for t in texts]
+        return [
+            IntentPrediction(
+                intents=[IntentCall(name="echo", args=[t])], raw=f"echo({t})", confidence=1.0, latency_ms=1.0
+            )
+            for t in texts
+        ]
 
     async def check_health(self) -> None:
         if not self.healthy:
@@ -72,7 +76,10 @@ def client(tmp_path: Path) -> TestClient:
 
 def test_routes_answer_in_the_design_shapes(client: TestClient) -> None:
     assert client.get("/health/ready").json()["status"] == "ready"
-    assert client.post("/", json={"prompt": "hi"}).json() == {"response": "it is done", "history": [["hi", "it is done"]]}
+    assert client.post("/", json={"prompt": "hi"}).json() == {
+        "response": "it is done",
+        "history": [["hi", "it is done"]],
+    }
     one = client.post("/v1/intents", json={"text": "a"}).json()
     assert one["intents"] == [{"name": "echo", "args": ["a"]}]
     many = client.post("/v1/intents", json={"texts": ["a", "b"]}).json()
@@ -88,15 +95,24 @@ def test_stream_objects_are_nul_terminated(client: TestClient) -> None:
 
 def test_auth(tmp_path: Path) -> None:
     with make_client(tmp_path) as c:
-        for value, status in [("secret", 200), ("Bearer secret", 200), ("bearer  secret", 200), ("secre", 401),
-                              ("", 401), ("Bearer", 401), ("Basic secret", 401)]:
+        for value, status in [
+            ("secret", 200),
+            ("Bearer secret", 200),
+            ("bearer  secret", 200),
+            ("secre", 401),
+            ("", 401),
+            ("Bearer", 401),
+            ("Basic secret", 401),
+        ]:
             assert c.post("/v1/intents", json={"text": "a"}, headers={"Authorization": value}).status_code == status
         anonymous = {"Authorization": ""}
         assert c.get("/health/live", headers=anonymous).status_code == 200
         assert c.get("/metrics", headers=anonymous).status_code == 200
         assert c.get("/ui", headers=anonymous).status_code == 200
         reply = c.post("/", json={"prompt": "a"}, headers=anonymous)
-        assert reply.json() == {"error": {"code": "unauthorized", "message": "missing or wrong token in the Authorization header"}}
+        assert reply.json() == {
+            "error": {"code": "unauthorized", "message": "missing or wrong token in the Authorization header"}
+        }
 
 
 def test_errors_have_the_json_body(client: TestClient) -> None:
@@ -166,9 +182,8 @@ def test_admission_bound() -> None:
             admission.check(1)
         assert refused.value.status == 503 and refused.value.retry_after == 1
     assert admission.admitted == 0
-    with pytest.raises(ServiceError):
-        with admission.slots(4):
-            pass
+    with pytest.raises(ServiceError), admission.slots(4):
+        pass
 
 
 def test_batch_counts_each_utterance_against_admission(tmp_path: Path) -> None:
@@ -200,8 +215,18 @@ def test_confidence_counts_only_intent_name_tokens_of_the_least_sure_call() -> N
     pieces = ["alarm", "_set", "(", "7", " am", ")", ";", "iot", "()", "<|im_end|>"]
     tokenizer = PieceTokenizer(pieces)
     ids = list(range(len(pieces)))
-    logprobs = [math.log(0.9), math.log(0.8), math.log(0.5), math.log(0.1), math.log(0.1), 0.0, 0.0,
-                math.log(0.5), 0.0, math.log(0.01)]
+    logprobs = [
+        math.log(0.9),
+        math.log(0.8),
+        math.log(0.5),
+        math.log(0.1),
+        math.log(0.1),
+        0.0,
+        0.0,
+        math.log(0.5),
+        0.0,
+        math.log(0.01),
+    ]
     # alarm, _set, "(" (ends the first name): 0.36; then "iot" and "()" of the second call: 0.5.
     assert intent_confidence(ids, logprobs, tokenizer) == pytest.approx(0.9 * 0.8 * 0.5)
     assert intent_confidence(ids[:6], logprobs[:6], tokenizer) == pytest.approx(0.9 * 0.8 * 0.5)
@@ -245,4 +270,3 @@ def test_serve_cli_without_a_model_is_a_clear_error(monkeypatch: pytest.MonkeyPa
     assert result.exit_code == 1 and "intentlm model prepare" in result.output
     result = CliRunner().invoke(serve, ["--port", "-5"])
     assert result.exit_code == 2 and "port" in result.output
-

@@ -22,14 +22,35 @@ from service.typicality import IntentStatistics
 from tests.conftest import REPO, TRAIN_FILE, start_server
 
 INTENTLM = str(REPO / ".venv" / "bin" / "intentlm")
-TINY = ["--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "1", "--seq_length", "64",
-        "--lora_dim", "4", "--load_in_4bit", "false", "--learning_rate", "1e-3", "--logging_steps", "1",
-        "--num_train_epochs", "1"]
+TINY = [
+    "--per_device_train_batch_size",
+    "8",
+    "--gradient_accumulation_steps",
+    "1",
+    "--seq_length",
+    "64",
+    "--lora_dim",
+    "4",
+    "--load_in_4bit",
+    "false",
+    "--learning_rate",
+    "1e-3",
+    "--logging_steps",
+    "1",
+    "--num_train_epochs",
+    "1",
+]
 
 
 def run_intentlm(*args: str | Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([INTENTLM, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=REPO,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return subprocess.run(
+        [INTENTLM, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +73,22 @@ def lora_run(tiny_data: Path, base_model: Path, tmp_path_factory: pytest.TempPat
 @pytest.fixture(scope="module")
 def full_run(tiny_data: Path, base_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     output = tmp_path_factory.mktemp("full") / "model"
-    result = run_intentlm("train", "--data", tiny_data, "--output", output, *TINY, "--lora_dim", "0",
-                          "--learning_rate", "1e-5", "--num_train_epochs", "0.5", "--label_smoothing", "0.1")
+    result = run_intentlm(
+        "train",
+        "--data",
+        tiny_data,
+        "--output",
+        output,
+        *TINY,
+        "--lora_dim",
+        "0",
+        "--learning_rate",
+        "1e-5",
+        "--num_train_epochs",
+        "0.5",
+        "--label_smoothing",
+        "0.1",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return output
 
@@ -109,8 +144,9 @@ def test_tensorboard_has_tokens_per_second_and_eta(lora_run: tuple[Path, str]) -
 
 @pytest.mark.engine
 @pytest.mark.parametrize("which", ["lora", "full"])
-def test_vllm_loads_the_trained_model(which: str, lora_run: tuple[Path, str], full_run: Path,
-                                      tiny_data: Path, tmp_path: Path) -> None:
+def test_vllm_loads_the_trained_model(
+    which: str, lora_run: tuple[Path, str], full_run: Path, tiny_data: Path, tmp_path: Path
+) -> None:
     model = lora_run[0] if which == "lora" else full_run
     result = run_intentlm("eval", "--model", model, "--data", tiny_data, "--report", tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -143,8 +179,20 @@ def test_the_server_prompts_as_training_did(lora_run: tuple[Path, str], tmp_path
 
 def test_dry_run_reports_without_training(tiny_data: Path, base_model: Path, tmp_path: Path) -> None:
     output = tmp_path / "model"
-    result = run_intentlm("train", "--data", tiny_data, "--output", output, "--preset", "lora",
-                          "--seq_length", "64", "--load_in_4bit", "false", "--dry-run")
+    result = run_intentlm(
+        "train",
+        "--data",
+        tiny_data,
+        "--output",
+        output,
+        "--preset",
+        "lora",
+        "--seq_length",
+        "64",
+        "--load_in_4bit",
+        "false",
+        "--dry-run",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
     assert report["config"]["learning_rate"] == 3e-4 and report["config"]["seq_length"] == 64
@@ -155,15 +203,19 @@ def test_dry_run_reports_without_training(tiny_data: Path, base_model: Path, tmp
     assert not output.exists() and not output.with_name("model.checkpoints").exists()
 
 
-@pytest.mark.parametrize(("extra", "message"), [
-    (["--bogus_knob", "1"], "unknown knob --bogus_knob; valid knobs: learning_rate"),
-    (["--seq_length", "16"], "seq_length 16 is below the shortest record"),
-    (["--base-model", "/nonexistent"], "intentlm model prepare"),
-    (["--resume"], "no complete checkpoint"),
-    (["--config", "/nonexistent.yaml"], "no such config file"),
-])
-def test_bad_input_fails_before_compute(extra: list[str], message: str, tiny_data: Path, base_model: Path,
-                                        tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--bogus_knob", "1"], "unknown knob --bogus_knob; valid knobs: learning_rate"),
+        (["--seq_length", "16"], "seq_length 16 is below the shortest record"),
+        (["--base-model", "/nonexistent"], "intentlm model prepare"),
+        (["--resume"], "no complete checkpoint"),
+        (["--config", "/nonexistent.yaml"], "no such config file"),
+    ],
+)
+def test_bad_input_fails_before_compute(
+    extra: list[str], message: str, tiny_data: Path, base_model: Path, tmp_path: Path
+) -> None:
     result = run_intentlm("train", "--data", tiny_data, "--output", tmp_path / "model", *extra)
     assert result.returncode != 0
     assert message in result.stderr and "Traceback" not in result.stderr
@@ -176,8 +228,14 @@ def test_bad_data_and_output_fail_before_compute(tiny_data: Path, base_model: Pa
     result = run_intentlm("train", "--data", broken, "--output", tmp_path / "model")
     assert result.returncode != 0 and f"{broken}:1: record 1: field 'output'" in result.stderr
     conflicting = tmp_path / "conflicting.json"
-    conflicting.write_text(json.dumps([{"instruction": "lights off", "output": "iot_hue_lightoff()"},
-                                       {"instruction": "lights off", "output": "iot_hue_lighton()"}]))
+    conflicting.write_text(
+        json.dumps(
+            [
+                {"instruction": "lights off", "output": "iot_hue_lightoff()"},
+                {"instruction": "lights off", "output": "iot_hue_lighton()"},
+            ]
+        )
+    )
     result = run_intentlm("train", "--data", conflicting, "--output", tmp_path / "model")
     assert result.returncode != 0 and "data check found" in result.stderr
     a_file = tmp_path / "file"
@@ -186,8 +244,9 @@ def test_bad_data_and_output_fail_before_compute(tiny_data: Path, base_model: Pa
     assert result.returncode != 0 and "is a file" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_sigkill_leaves_the_previous_model_and_resume_finishes(tiny_data: Path, base_model: Path,
-                                                               lora_run: tuple[Path, str], tmp_path: Path) -> None:
+def test_sigkill_leaves_the_previous_model_and_resume_finishes(
+    tiny_data: Path, base_model: Path, lora_run: tuple[Path, str], tmp_path: Path
+) -> None:
     """A real `intentlm train` killed with SIGKILL mid-training: the old model is untouched; --resume completes."""
     import shutil
 
@@ -196,10 +255,21 @@ def test_sigkill_leaves_the_previous_model_and_resume_finishes(tiny_data: Path, 
     before = {p.name: p.stat().st_mtime_ns for p in output.iterdir()}
     old_card = (output / "intentlm.json").read_bytes()
     checkpoints = tmp_path / "model.checkpoints"
-    args = ["train", "--data", tiny_data, "--output", output, *TINY, "--per_device_train_batch_size", "2",
-            "--num_train_epochs", "2", "--save_steps", "2"]
-    process = subprocess.Popen([INTENTLM, *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               cwd=REPO)
+    args = [
+        "train",
+        "--data",
+        tiny_data,
+        "--output",
+        output,
+        *TINY,
+        "--per_device_train_batch_size",
+        "2",
+        "--num_train_epochs",
+        "2",
+        "--save_steps",
+        "2",
+    ]
+    process = subprocess.Popen([INTENTLM, *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
     deadline = time.monotonic() + 240
     while not list(checkpoints.glob("checkpoint-*")) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -23,7 +23,12 @@ from training.config import (
 def test_defaults_are_the_reference_table() -> None:
     config = TrainConfig()
     assert (config.learning_rate, config.num_train_epochs, config.per_device_train_batch_size) == (5e-5, 1, 1)
-    assert (config.gradient_accumulation_steps, config.seq_length, config.lora_dim, config.lora_alpha) == (8, 128, 32, 32)
+    assert (config.gradient_accumulation_steps, config.seq_length, config.lora_dim, config.lora_alpha) == (
+        8,
+        128,
+        32,
+        32,
+    )
     assert (config.load_in_4bit, config.load_in_8bit, config.apply_chat_template) == (True, False, True)
     assert config.system_prompt == "You are a helpful assistant"
     assert config.mode == "qlora"
@@ -33,13 +38,17 @@ def test_every_knob_is_documented() -> None:
     assert all(field.description for field in TrainConfig.model_fields.values())
 
 
-@pytest.mark.parametrize(("preset", "mode", "lr", "epochs", "rank", "alpha"), [
-    ("full", "full", 5e-5, 3, 0, 0),
-    ("lora", "lora", 3e-4, 5, 64, 16),
-    ("qlora", "qlora", 3e-4, 5, 64, 16),
-])
-def test_presets_follow_the_recommended_table(preset: str, mode: str, lr: float, epochs: int, rank: int,
-                                              alpha: int) -> None:
+@pytest.mark.parametrize(
+    ("preset", "mode", "lr", "epochs", "rank", "alpha"),
+    [
+        ("full", "full", 5e-5, 3, 0, 0),
+        ("lora", "lora", 3e-4, 5, 64, 16),
+        ("qlora", "qlora", 3e-4, 5, 64, 16),
+    ],
+)
+def test_presets_follow_the_recommended_table(
+    preset: str, mode: str, lr: float, epochs: int, rank: int, alpha: int
+) -> None:
     config, explicit = resolve_config(preset)
     assert (config.mode, config.learning_rate, config.num_train_epochs) == (mode, lr, epochs)
     assert (config.lora_dim, config.lora_alpha, config.seq_length) == (rank, alpha, 256)
@@ -91,31 +100,53 @@ def test_json_config_file(tmp_path: Path) -> None:
 
 
 def test_flags_with_values_and_equals() -> None:
-    values = parse_knob_args(["--learning_rate", "3e-4", "--lora_dim", "0", "--load_in_4bit=false",
-                              "--system_prompt", "true", "--num_train_epochs", "0.5"])
+    values = parse_knob_args(
+        [
+            "--learning_rate",
+            "3e-4",
+            "--lora_dim",
+            "0",
+            "--load_in_4bit=false",
+            "--system_prompt",
+            "true",
+            "--num_train_epochs",
+            "0.5",
+        ]
+    )
     config, _ = resolve_config(flag_values=values)
-    assert (config.learning_rate, config.lora_dim, config.load_in_4bit, config.num_train_epochs) == (3e-4, 0, False, 0.5)
+    assert (config.learning_rate, config.lora_dim, config.load_in_4bit, config.num_train_epochs) == (
+        3e-4,
+        0,
+        False,
+        0.5,
+    )
     assert config.system_prompt == "true"  # text knobs stay text
     assert config.mode == "full"
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--learning_rat", "1"], "unknown knob --learning_rat; valid knobs: learning_rate"),
-    (["--lora-dim", "0"], "--lora-dim: knobs keep the reference's names; spell it --lora_dim"),
-    (["--lora_dim"], "--lora_dim needs a value"),
-    (["stray"], "unexpected argument 'stray'"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--learning_rat", "1"], "unknown knob --learning_rat; valid knobs: learning_rate"),
+        (["--lora-dim", "0"], "--lora-dim: knobs keep the reference's names; spell it --lora_dim"),
+        (["--lora_dim"], "--lora_dim needs a value"),
+        (["stray"], "unexpected argument 'stray'"),
+    ],
+)
 def test_bad_flags(args: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         parse_knob_args(args)
 
 
-@pytest.mark.parametrize(("values", "message"), [
-    ({"learning_rate": -1}, "learning_rate"),
-    ({"lora_dim": "many"}, "lora_dim"),
-    ({"load_in_4bit": True, "load_in_8bit": True}, "exclusive"),
-    ({"bogus": 1}, "unknown knob bogus"),
-])
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"learning_rate": -1}, "learning_rate"),
+        ({"lora_dim": "many"}, "lora_dim"),
+        ({"load_in_4bit": True, "load_in_8bit": True}, "exclusive"),
+        ({"bogus": 1}, "unknown knob bogus"),
+    ],
+)
 def test_bad_values(values: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         resolve_config(flag_values=values)

@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from service.modelcard import ModelCard, read_card, write_card
+from service.modelcard import STATS_FILE, ModelCard, write_card
 from service.scope import OutOfScopeRule
-from service.modelcard import STATS_FILE
 from service.typicality import HiddenStates, IntentStatistics, TypicalityScorer, _shared_prefix
 from training.cli import model
 
@@ -31,7 +30,7 @@ def test_states_near_an_intent_are_typical_and_far_ones_are_not() -> None:
     near = statistics.typicality(np.stack([rng.normal(size=16), np.full(16, 6.0) + rng.normal(size=16)]))
     far = statistics.typicality(np.stack([np.full(16, 3.0), np.full(16, -6.0)]))
     assert near.min() > 0.3 and far.max() < 0.01  # a training-like state scores ~exp(-1/2)
-    assert ((0 < far) & (near <= 1)).all()
+    assert ((far > 0) & (near <= 1)).all()
 
 
 def test_cross_fitted_scores_are_distributed_like_new_states() -> None:
@@ -139,15 +138,22 @@ def test_batched_states_of_the_real_model_equal_each_prompt_alone(base_model: Pa
     from conftest import TRAIN_FILE
 
     records = [r for r in json.loads(TRAIN_FILE.read_text()) if ";" not in r["output"]][:48]
-    statistics = IntentStatistics.fit(states([tokenizer.encode(build_prompt(r["instruction"], tokenizer=tokenizer),
-                                                               add_special_tokens=False) for r in records]),
-                                      [r["output"].split("(")[0] for r in records])
+    statistics = IntentStatistics.fit(
+        states(
+            [
+                tokenizer.encode(build_prompt(r["instruction"], tokenizer=tokenizer), add_special_tokens=False)
+                for r in records
+            ]
+        ),
+        [r["output"].split("(")[0] for r in records],
+    )
     # bf16: within 0.02 here (untrained model, 48 records); the demo model's agree within 1.4 % (32 validation prompts)
     assert statistics.typicality(together) == pytest.approx(statistics.typicality(alone), abs=0.02)
 
 
-def test_statistics_of_a_real_model_leave_out_oos_records_and_show_in_model_info(base_model: Path,
-                                                                                 tmp_path: Path) -> None:
+def test_statistics_of_a_real_model_leave_out_oos_records_and_show_in_model_info(
+    base_model: Path, tmp_path: Path
+) -> None:
     """What `intentlm train` writes, on the real base model's states: statistics of the in-scope intents only
     (oos() records teach what is *not* in scope), shown by `intentlm model info`."""
     from conftest import link_model
@@ -156,8 +162,12 @@ def test_statistics_of_a_real_model_leave_out_oos_records_and_show_in_model_info
     from training.trainer import typicality_statistics
 
     model_dir = link_model(base_model, tmp_path / "model")
-    records = [Record("wake me at seven", "alarm_set(seven)"), Record("wake me up at six am", "alarm_set(six am)"),
-               Record("lights off", "iot_hue_lightoff()"), Record("tell me a joke", "oos()")]
+    records = [
+        Record("wake me at seven", "alarm_set(seven)"),
+        Record("wake me up at six am", "alarm_set(six am)"),
+        Record("lights off", "iot_hue_lightoff()"),
+        Record("tell me a joke", "oos()"),
+    ]
     card = ModelCard(intents=["alarm_set", "iot_hue_lightoff"])
     write_card(model_dir, card)
     statistics = typicality_statistics(model_dir, records, card)

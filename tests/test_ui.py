@@ -23,8 +23,14 @@ def page():
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=str(CHROMIUM),
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run"],
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
         )
         context = browser.new_context(viewport={"width": 900, "height": 760})
         page = context.new_page()
@@ -77,4 +83,3 @@ def test_model_output_is_never_rendered_as_html(live_server, page) -> None:
     assert page.locator("#result img, #result b, #result script").count() == 0
     assert "<script>" in page.text_content("#raw")
     assert page.evaluate("window.pwned") is False
-

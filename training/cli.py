@@ -49,8 +49,13 @@ def prepare(force: bool, output: Path | None) -> None:
 
 
 @model.command()
-@click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="The model directory to describe.")
+@click.option(
+    "--model",
+    "model_dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="The model directory to describe.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def info(model_dir: Path, as_json: bool) -> None:
     """Print what a model directory holds: architecture, weights, chat template, intents, training data."""
@@ -71,21 +76,40 @@ def info(model_dir: Path, as_json: bool) -> None:
     if card is None:
         click.echo(f"{'intentlm':>24}: none (not trained by intentlm; served with defaults)")
         return
-    for key in ("base_model", "system_prompt", "apply_chat_template", "intents", "args_from_text",
-                "confidence_temperature", "oos_threshold", "typicality_threshold", "data",
-                "metrics", "created_at"):
+    for key in (
+        "base_model",
+        "system_prompt",
+        "apply_chat_template",
+        "intents",
+        "args_from_text",
+        "confidence_temperature",
+        "oos_threshold",
+        "typicality_threshold",
+        "data",
+        "metrics",
+        "created_at",
+    ):
         click.echo(f"{key:>24}: {card.get(key)}")
     statistics = IntentStatistics.load(model_dir)
-    click.echo(f"{'typicality':>24}: " + (f"statistics of {len(statistics.intents)} intents, "
-                                           f"{statistics.means.shape[1]} dimensions, "
-                                           f"{len(statistics.held_out)} cross-fitted training scores" if statistics else
-                                           "none (no typicality score)"))
+    click.echo(
+        f"{'typicality':>24}: "
+        + (
+            f"statistics of {len(statistics.intents)} intents, "
+            f"{statistics.means.shape[1]} dimensions, "
+            f"{len(statistics.held_out)} cross-fitted training scores"
+            if statistics
+            else "none (no typicality score)"
+        )
+    )
 
 
 def _knobs_help() -> str:
     preset = ", ".join(f"{k} {v}" for k, v in PRESETS[DEFAULT_PRESET].items())
-    lines = ["\b", f"Knobs (--NAME VALUE) [default]; unless --preset says otherwise, the '{DEFAULT_PRESET}' "
-             f"preset then sets: {preset}."]
+    lines = [
+        "\b",
+        f"Knobs (--NAME VALUE) [default]; unless --preset says otherwise, the '{DEFAULT_PRESET}' "
+        f"preset then sets: {preset}.",
+    ]
     for name, field in TrainConfig.model_fields.items():
         lines.append(f"  {name} [{field.default}]: {field.description}")
     return "\n".join(lines)
@@ -94,24 +118,62 @@ def _knobs_help() -> str:
 @click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True}, epilog=_knobs_help())
 @click.option("--data", "data", required=True, type=click.Path(path_type=Path), help="Training dataset (JSON array).")
 @click.option("--output", required=True, type=click.Path(path_type=Path), help="Model directory to write.")
-@click.option("--preset", type=click.Choice(list(PRESETS)), default=DEFAULT_PRESET, show_default=True,
-              help="Starting knob values: 'intent' is the studied recipe (docs/decisions.md); full/lora/qlora "
-                   "the reference's recommended ones (global batch scaled to the data); none the knob defaults.")
-@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
-              help="YAML/JSON file of knobs (applied after the preset, before flags).")
-@click.option("--base-model", "base_model", type=click.Path(path_type=Path), default=None,
-              help="Base model directory (default: the prepared SmolLM2-135M-Instruct).")
-@click.option("--eval-data", "eval_data", type=click.Path(path_type=Path), default=None,
-              help="Dataset scored at the end (intent/parameter accuracy), stored in intentlm.json.")
-@click.option("--tensorboard-dir", "tensorboard_dir", type=click.Path(path_type=Path),
-              default=None, help="TensorBoard log directory (default: OUTPUT/tensorboard).")
+@click.option(
+    "--preset",
+    type=click.Choice(list(PRESETS)),
+    default=DEFAULT_PRESET,
+    show_default=True,
+    help="Starting knob values: 'intent' is the studied recipe (docs/decisions.md); full/lora/qlora "
+    "the reference's recommended ones (global batch scaled to the data); none the knob defaults.",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="YAML/JSON file of knobs (applied after the preset, before flags).",
+)
+@click.option(
+    "--base-model",
+    "base_model",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Base model directory (default: the prepared SmolLM2-135M-Instruct).",
+)
+@click.option(
+    "--eval-data",
+    "eval_data",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Dataset scored at the end (intent/parameter accuracy), stored in intentlm.json.",
+)
+@click.option(
+    "--tensorboard-dir",
+    "tensorboard_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="TensorBoard log directory (default: OUTPUT/tensorboard).",
+)
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint in OUTPUT.checkpoints.")
-@click.option("--dry-run", "dry_run", is_flag=True,
-              help="Print the resolved config, token statistics and estimated steps/time; train nothing.")
+@click.option(
+    "--dry-run",
+    "dry_run",
+    is_flag=True,
+    help="Print the resolved config, token statistics and estimated steps/time; train nothing.",
+)
 @click.pass_context
-def train(ctx: click.Context, data: Path, output: Path, preset: str, config_file: Path | None,
-          base_model: Path | None, eval_data: Path | None, tensorboard_dir: Path | None, resume: bool,
-          dry_run: bool) -> None:
+def train(
+    ctx: click.Context,
+    data: Path,
+    output: Path,
+    preset: str,
+    config_file: Path | None,
+    base_model: Path | None,
+    eval_data: Path | None,
+    tensorboard_dir: Path | None,
+    resume: bool,
+    dry_run: bool,
+) -> None:
     """Fine-tune the base model on DATA into a merged model directory OUTPUT.
 
     Any knob is a flag spelled as its name in the reference, e.g. --learning_rate 3e-4 --lora_dim 16.

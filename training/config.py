@@ -32,18 +32,51 @@ DEFAULT_PRESET = "intent"
 # `fit_batch_to_data` shrinks for small data sets, where 256 would leave a handful of optimizer
 # steps per epoch. "none" leaves every knob at its default (the reference's defaults).
 PRESETS: dict[str, dict[str, Any]] = {
-    "intent": {"learning_rate": 1e-4, "num_train_epochs": 3, "lora_dim": 0, "lora_alpha": 0,
-               "load_in_4bit": False, "load_in_8bit": False, "seq_length": 128,
-               "per_device_train_batch_size": 16, "gradient_accumulation_steps": 1, "compose_multi_intent": 0.2},
-    "full": {"learning_rate": 5e-5, "num_train_epochs": 3, "lora_dim": 0, "lora_alpha": 0,
-             "load_in_4bit": False, "load_in_8bit": False, "seq_length": 256,
-             "per_device_train_batch_size": 16, "gradient_accumulation_steps": 16},
-    "lora": {"learning_rate": 3e-4, "num_train_epochs": 5, "lora_dim": 64, "lora_alpha": 16,
-             "load_in_4bit": False, "load_in_8bit": False, "seq_length": 256,
-             "per_device_train_batch_size": 16, "gradient_accumulation_steps": 16},
-    "qlora": {"learning_rate": 3e-4, "num_train_epochs": 5, "lora_dim": 64, "lora_alpha": 16,
-              "load_in_4bit": True, "load_in_8bit": False, "seq_length": 256,
-              "per_device_train_batch_size": 16, "gradient_accumulation_steps": 16},
+    "intent": {
+        "learning_rate": 1e-4,
+        "num_train_epochs": 3,
+        "lora_dim": 0,
+        "lora_alpha": 0,
+        "load_in_4bit": False,
+        "load_in_8bit": False,
+        "seq_length": 128,
+        "per_device_train_batch_size": 16,
+        "gradient_accumulation_steps": 1,
+        "compose_multi_intent": 0.2,
+    },
+    "full": {
+        "learning_rate": 5e-5,
+        "num_train_epochs": 3,
+        "lora_dim": 0,
+        "lora_alpha": 0,
+        "load_in_4bit": False,
+        "load_in_8bit": False,
+        "seq_length": 256,
+        "per_device_train_batch_size": 16,
+        "gradient_accumulation_steps": 16,
+    },
+    "lora": {
+        "learning_rate": 3e-4,
+        "num_train_epochs": 5,
+        "lora_dim": 64,
+        "lora_alpha": 16,
+        "load_in_4bit": False,
+        "load_in_8bit": False,
+        "seq_length": 256,
+        "per_device_train_batch_size": 16,
+        "gradient_accumulation_steps": 16,
+    },
+    "qlora": {
+        "learning_rate": 3e-4,
+        "num_train_epochs": 5,
+        "lora_dim": 64,
+        "lora_alpha": 16,
+        "load_in_4bit": True,
+        "load_in_8bit": False,
+        "seq_length": 256,
+        "per_device_train_batch_size": 16,
+        "gradient_accumulation_steps": 16,
+    },
     "none": {},
 }
 
@@ -63,33 +96,49 @@ class TrainConfig(BaseModel):
     learning_rate: float = Field(5e-5, gt=0, description="Peak learning rate of AdamW.")
     num_train_epochs: float = Field(1, gt=0, description="Passes over the training data (fractions allowed).")
     per_device_train_batch_size: int = Field(
-        1, ge=1, description="Records per forward pass on each device (padded to the longest in the batch).")
+        1, ge=1, description="Records per forward pass on each device (padded to the longest in the batch)."
+    )
     gradient_accumulation_steps: int = Field(
-        8, ge=1, description="Forward passes per optimizer step; global batch = devices x per-device x this.")
+        8, ge=1, description="Forward passes per optimizer step; global batch = devices x per-device x this."
+    )
     seq_length: int = Field(
-        128, ge=8, description="Longest prompt+answer in tokens; longer records are left out with a warning.")
+        128, ge=8, description="Longest prompt+answer in tokens; longer records are left out with a warning."
+    )
     lora_dim: int = Field(32, ge=0, description="LoRA rank; 0 = full fine-tuning.")
     lora_alpha: int = Field(32, ge=0, description="LoRA scaling numerator (the update is scaled by alpha/rank).")
     load_in_4bit: bool = Field(True, description="QLoRA: keep the frozen base in 4-bit NF4 (LoRA only).")
     load_in_8bit: bool = Field(False, description="QLoRA: keep the frozen base in 8-bit (LoRA only).")
     apply_chat_template: bool = Field(
-        True, description="Wrap records in the tokenizer's chat template (ChatML when it has none).")
+        True, description="Wrap records in the tokenizer's chat template (ChatML when it has none)."
+    )
     system_prompt: str = Field(DEFAULT_SYSTEM_PROMPT, description="System turn of every prompt; served as the default.")
     # Settings the reference fixes internally.
     lora_target_modules: str = Field(
-        "all-linear", description="Layers LoRA adapts: 'all-linear' or comma-separated module names (q_proj,v_proj).")
+        "all-linear", description="Layers LoRA adapts: 'all-linear' or comma-separated module names (q_proj,v_proj)."
+    )
     compose_multi_intent: float = Field(
-        0.0, ge=0, le=4, description="Add two-call records composed from single-call ones (joined as the data's "
-        "own multi-call records are), as this share of the records; 0 = off (training/data/compose.py).")
+        0.0,
+        ge=0,
+        le=4,
+        description="Add two-call records composed from single-call ones (joined as the data's "
+        "own multi-call records are), as this share of the records; 0 = off (training/data/compose.py).",
+    )
     lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
     lr_scheduler_type: str = Field("cosine", description="transformers scheduler name (linear, cosine, constant...).")
-    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Fraction of the steps spent warming up the learning rate.")
+    warmup_ratio: float = Field(
+        0.05, ge=0, lt=1, description="Fraction of the steps spent warming up the learning rate."
+    )
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     label_smoothing: float = Field(
-        0.0, ge=0, lt=1, description="Share of each answer token's target spread over the vocabulary "
-        "(transformers' label_smoothing_factor); 0 = plain cross-entropy.")
+        0.0,
+        ge=0,
+        lt=1,
+        description="Share of each answer token's target spread over the vocabulary "
+        "(transformers' label_smoothing_factor); 0 = plain cross-entropy.",
+    )
     dtype: Literal["auto", "bfloat16", "float32"] = Field(
-        "auto", description="Compute dtype: auto = bfloat16 where the hardware has it (CUDA, AVX512-BF16/AMX CPUs).")
+        "auto", description="Compute dtype: auto = bfloat16 where the hardware has it (CUDA, AVX512-BF16/AMX CPUs)."
+    )
     seed: int = Field(42, description="Seed for initialisation and data order.")
     logging_steps: int = Field(5, ge=1, description="Optimizer steps between log lines / TensorBoard points.")
     save_steps: int = Field(50, ge=1, description="Optimizer steps between checkpoints (for --resume).")
@@ -159,8 +208,7 @@ def resolve_config(
     for source in (file_values or {}, flag_values or {}):
         unknown = sorted(set(source) - set(knob_names()))
         if unknown:
-            raise ConfigError(
-                f"unknown knob {', '.join(unknown)}; valid knobs: {', '.join(knob_names())}")
+            raise ConfigError(f"unknown knob {', '.join(unknown)}; valid knobs: {', '.join(knob_names())}")
         values.update(source)
         explicit |= set(source)
     try:
@@ -181,8 +229,10 @@ def fit_batch_to_data(config: TrainConfig, records: int, explicit: set[str], dev
     if {"per_device_train_batch_size", "gradient_accumulation_steps"} & explicit:
         return None
     before = devices * config.per_device_train_batch_size * config.gradient_accumulation_steps
-    while math.ceil(records / (devices * config.per_device_train_batch_size * config.gradient_accumulation_steps)) \
-            < MIN_STEPS_PER_EPOCH:
+    while (
+        math.ceil(records / (devices * config.per_device_train_batch_size * config.gradient_accumulation_steps))
+        < MIN_STEPS_PER_EPOCH
+    ):
         if config.gradient_accumulation_steps > 1:
             config.gradient_accumulation_steps //= 2
         elif config.per_device_train_batch_size > 1:
@@ -192,9 +242,11 @@ def fit_batch_to_data(config: TrainConfig, records: int, explicit: set[str], dev
     after = devices * config.per_device_train_batch_size * config.gradient_accumulation_steps
     if after == before:
         return None
-    return (f"global batch {before} -> {after} (per-device {config.per_device_train_batch_size} x accumulation "
-            f"{config.gradient_accumulation_steps} x {devices} device(s)): {records} records give "
-            f"{math.ceil(records / after)} optimizer steps per epoch (at least {MIN_STEPS_PER_EPOCH} wanted)")
+    return (
+        f"global batch {before} -> {after} (per-device {config.per_device_train_batch_size} x accumulation "
+        f"{config.gradient_accumulation_steps} x {devices} device(s)): {records} records give "
+        f"{math.ceil(records / after)} optimizer steps per epoch (at least {MIN_STEPS_PER_EPOCH} wanted)"
+    )
 
 
 def parse_knob_args(args: list[str]) -> dict[str, Any]:

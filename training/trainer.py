@@ -137,14 +137,20 @@ def end_of_turn(tokenizer: Any, config: TrainConfig) -> str:
     return END_OF_TURN if config.apply_chat_template else tokenizer.eos_token
 
 
-def tokenize(records: list[Record], tokenizer: Any,
-             config: TrainConfig) -> tuple[list[Example], list[tuple[int | None, int]]]:
+def tokenize(
+    records: list[Record], tokenizer: Any, config: TrainConfig
+) -> tuple[list[Example], list[tuple[int | None, int]]]:
     """Prompt and answer are tokenized separately, exactly as the server tokenizes the prompt alone."""
     eot = end_of_turn(tokenizer, config)
-    prompt_ids = prompt_token_ids([r.instruction for r in records], tokenizer, system_prompt=config.system_prompt,
-                                  apply_chat_template=config.apply_chat_template)
-    answer_ids = tokenizer([build_target(r.output, end_of_turn=eot) for r in records],
-                           add_special_tokens=False)["input_ids"]
+    prompt_ids = prompt_token_ids(
+        [r.instruction for r in records],
+        tokenizer,
+        system_prompt=config.system_prompt,
+        apply_chat_template=config.apply_chat_template,
+    )
+    answer_ids = tokenizer([build_target(r.output, end_of_turn=eot) for r in records], add_special_tokens=False)[
+        "input_ids"
+    ]
     examples, skipped = [], []
     for record, p, a in zip(records, prompt_ids, answer_ids):
         if len(p) + len(a) > config.seq_length:
@@ -154,14 +160,16 @@ def tokenize(records: list[Record], tokenizer: Any,
     return examples, skipped
 
 
-def plan_training(data: Path, output: Path, config: TrainConfig, explicit: set[str], base_model: Path,
-                  *, resume: bool = False) -> TrainPlan:
+def plan_training(
+    data: Path, output: Path, config: TrainConfig, explicit: set[str], base_model: Path, *, resume: bool = False
+) -> TrainPlan:
     """Check every input and tokenize the data; raises TrainError/DatasetError before any training."""
     if output.exists() and not output.is_dir():
         raise TrainError(f"--output {output} exists and is a file; give a directory path")
     if not is_model_dir(base_model):
-        raise TrainError(f"base model {base_model} not found (no config.json): run `intentlm model prepare` "
-                         "or pass --base-model DIR")
+        raise TrainError(
+            f"base model {base_model} not found (no config.json): run `intentlm model prepare` or pass --base-model DIR"
+        )
     if resume and last_checkpoint(checkpoints_dir(output)) is None:
         raise TrainError(f"--resume: no complete checkpoint in {checkpoints_dir(output)}")
     if config.quantization:
@@ -169,19 +177,22 @@ def plan_training(data: Path, output: Path, config: TrainConfig, explicit: set[s
     records = load_dataset(data)
     lint_errors = [issue for issue in check_records(records, file=str(data)).issues if issue.severity == "error"]
     if lint_errors:
-        raise TrainError(f"{data}: the data check found {len(lint_errors)} error(s) (see `intentlm data check`): "
-                         + "; ".join(issue.message for issue in lint_errors[:5]))
+        raise TrainError(
+            f"{data}: the data check found {len(lint_errors)} error(s) (see `intentlm data check`): "
+            + "; ".join(issue.message for issue in lint_errors[:5])
+        )
     composed = compose_multi_intent(records, round(config.compose_multi_intent * len(records)), seed=config.seed)
     tokenizer = load_tokenizer(base_model)
     examples, skipped = tokenize(records + composed, tokenizer, config)
     if not examples:
         shortest = min(n for _, n in skipped)
-        raise TrainError(f"seq_length {config.seq_length} is below the shortest record ({shortest} tokens "
-                         f"with the prompt); use --seq_length {2 ** math.ceil(math.log2(shortest))} or more")
+        raise TrainError(
+            f"seq_length {config.seq_length} is below the shortest record ({shortest} tokens "
+            f"with the prompt); use --seq_length {2 ** math.ceil(math.log2(shortest))} or more"
+        )
     batch_note = fit_batch_to_data(config, len(examples), explicit, world_size())
     intents = sorted({call.name for r in records for call in r.calls()})
-    return TrainPlan(config, data, records, examples, skipped, base_model, output, batch_note, intents,
-                     len(composed))
+    return TrainPlan(config, data, records, examples, skipped, base_model, output, batch_note, intents, len(composed))
 
 
 def check_quantization_backend() -> None:
@@ -189,8 +200,10 @@ def check_quantization_backend() -> None:
     import importlib.util
 
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise TrainError("load_in_4bit/load_in_8bit need bitsandbytes (pip install bitsandbytes); "
-                         "or train without quantization: --load_in_4bit false")
+        raise TrainError(
+            "load_in_4bit/load_in_8bit need bitsandbytes (pip install bitsandbytes); "
+            "or train without quantization: --load_in_4bit false"
+        )
 
 
 def last_checkpoint(directory: Path) -> str | None:
@@ -199,8 +212,11 @@ def last_checkpoint(directory: Path) -> str | None:
     transformers writes a checkpoint's ``trainer_state.json`` last, so a checkpoint without a readable one
     was cut off mid-save (a kill during the write) and cannot be resumed from; the one before it can.
     (transformers' own ``get_last_checkpoint`` takes the newest directory, complete or not.)"""
-    complete = [path for path in directory.glob("checkpoint-*")
-                if path.name.removeprefix("checkpoint-").isdigit() and _readable_json(path / "trainer_state.json")]
+    complete = [
+        path
+        for path in directory.glob("checkpoint-*")
+        if path.name.removeprefix("checkpoint-").isdigit() and _readable_json(path / "trainer_state.json")
+    ]
     return str(max(complete, key=lambda path: int(path.name.removeprefix("checkpoint-")))) if complete else None
 
 
@@ -234,8 +250,8 @@ def load_model(plan: TrainPlan) -> Any:
     kwargs: dict[str, Any] = {"dtype": dtype if config.is_lora else torch.float32}
     if config.quantization == "4bit":
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=dtype)
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
+        )
     elif config.quantization == "8bit":
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
     model = AutoModelForCausalLM.from_pretrained(plan.base_model, **kwargs)
@@ -249,8 +265,13 @@ def load_model(plan: TrainPlan) -> Any:
     targets: str | list[str] = config.lora_target_modules
     if targets != "all-linear":
         targets = [t.strip() for t in targets.split(",") if t.strip()]
-    lora = LoraConfig(r=config.lora_dim, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=targets, task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=config.lora_dim,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+    )
     return get_peft_model(model, lora)
 
 
@@ -270,13 +291,18 @@ class AnswerOnlyCollator:
         labels = torch.full((len(batch), keep), IGNORE_INDEX, dtype=torch.long)
         for row, b in enumerate(batch):
             ids = torch.tensor(b["input_ids"], dtype=torch.long)
-            input_ids[row, width - len(ids):] = ids
-            attention[row, width - len(ids):] = 1
-            labels[row, keep - b["answer_len"]:] = ids[len(ids) - b["answer_len"]:]
+            input_ids[row, width - len(ids) :] = ids
+            attention[row, width - len(ids) :] = 1
+            labels[row, keep - b["answer_len"] :] = ids[len(ids) - b["answer_len"] :]
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
         # The model's loss shifts labels by one: logits[:, j] is scored against labels[:, j + 1].
-        return {"input_ids": input_ids, "attention_mask": attention, "position_ids": positions,
-                "labels": labels, "logits_to_keep": keep}
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention,
+            "position_ids": positions,
+            "labels": labels,
+            "logits_to_keep": keep,
+        }
 
 
 def training_args(plan: TrainPlan, run_dir: Path) -> Any:
@@ -352,8 +378,9 @@ def make_progress_callback() -> Any:
     return Progress
 
 
-def train(plan: TrainPlan, *, resume: bool = False, tensorboard_dir: Path | None = None,
-          eval_data: Path | None = None) -> ModelCard:
+def train(
+    plan: TrainPlan, *, resume: bool = False, tensorboard_dir: Path | None = None, eval_data: Path | None = None
+) -> ModelCard:
     """Train, merge and write the model directory atomically; returns its card."""
     import torch
     from torch.utils.tensorboard import SummaryWriter
@@ -391,8 +418,11 @@ def train(plan: TrainPlan, *, resume: bool = False, tensorboard_dir: Path | None
         "train_runtime_s": round(runtime, 1),
         "train_tokens": trainer.state.num_input_tokens_seen,
         # this session's tokens over this session's training time (a resumed run counts its own part)
-        "tokens_per_second": round((trainer.state.num_input_tokens_seen - trainer._initial_num_input_tokens_seen)
-                                   / result.metrics["train_runtime"], 1),
+        "tokens_per_second": round(
+            (trainer.state.num_input_tokens_seen - trainer._initial_num_input_tokens_seen)
+            / result.metrics["train_runtime"],
+            1,
+        ),
         "optimizer_steps": trainer.state.global_step,
         "records_too_long": len(plan.skipped),
     }
@@ -408,8 +438,9 @@ def train(plan: TrainPlan, *, resume: bool = False, tensorboard_dir: Path | None
         intents=plan.intents,
         args_from_text=args_from_text(plan.records),
         train_config={**config.model_dump(), "mode": config.mode, "global_batch": plan.global_batch},
-        data=DataInfo(file=str(plan.data_file.resolve()), sha256=file_sha256(plan.data_file),
-                      records=len(plan.records)),
+        data=DataInfo(
+            file=str(plan.data_file.resolve()), sha256=file_sha256(plan.data_file), records=len(plan.records)
+        ),
         metrics=metrics,
     )
     from training.merge import merge_adapter, save_model_dir
@@ -453,11 +484,14 @@ def typicality_statistics(model_dir: Path, records: list[Record], card: ModelCar
     if len(kept) < 2:
         log.warning("fewer than two in-scope records: the model gets no typicality statistics")
         return None
-    prompts = prompt_token_ids([r.instruction for r in kept], load_tokenizer(model_dir),
-                               system_prompt=card.system_prompt, apply_chat_template=card.apply_chat_template)
+    prompts = prompt_token_ids(
+        [r.instruction for r in kept],
+        load_tokenizer(model_dir),
+        system_prompt=card.system_prompt,
+        apply_chat_template=card.apply_chat_template,
+    )
     states = HiddenStates(model_dir)(prompts)
-    return IntentStatistics.fit(states, [next(c.name for c in r.calls() if c.name != DEFAULT_OOS_LABEL)
-                                         for r in kept])
+    return IntentStatistics.fit(states, [next(c.name for c in r.calls() if c.name != DEFAULT_OOS_LABEL) for r in kept])
 
 
 def typicality_threshold(statistics: IntentStatistics) -> float | None:
@@ -495,8 +529,9 @@ def evaluate_model(model_dir: Path, data: Path, card: ModelCard, batch_size: int
     }
 
 
-def generate(model_dir: Path, instructions: list[str], card: ModelCard, *, batch_size: int = 32,
-             max_new_tokens: int = 64) -> list[str]:
+def generate(
+    model_dir: Path, instructions: list[str], card: ModelCard, *, batch_size: int = 32, max_new_tokens: int = 64
+) -> list[str]:
     """Greedy, batched (left-padded) generation with transformers: the reference script's decoding.
 
     transformers rather than vLLM here: the model is already on this process's mind, the eval set is
@@ -509,17 +544,26 @@ def generate(model_dir: Path, instructions: list[str], card: ModelCard, *, batch
     tokenizer.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=compute_dtype(TrainConfig()))
     model.eval()
-    prompts = [build_prompt(text, system_prompt=card.system_prompt, apply_chat_template=card.apply_chat_template,
-                            tokenizer=tokenizer) for text in instructions]
+    prompts = [
+        build_prompt(
+            text, system_prompt=card.system_prompt, apply_chat_template=card.apply_chat_template, tokenizer=tokenizer
+        )
+        for text in instructions
+    ]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     answers: list[str] = [""] * len(prompts)
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
+            chunk = order[start : start + batch_size]
             inputs = tokenizer([prompts[i] for i in chunk], return_tensors="pt", padding=True)
-            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-            texts = tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+            out = model.generate(
+                **inputs,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+            texts = tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
             for i, text in zip(chunk, texts):
                 answers[i] = text.strip()
     return answers
@@ -555,14 +599,20 @@ def estimate_seconds(plan: TrainPlan, trials: int = 2) -> float:
     by_length = sorted(plan.examples, key=lambda e: len(e.input_ids))
     middle = len(by_length) // 2
     size = min(plan.config.per_device_train_batch_size, len(by_length))
-    batch = collator([{"input_ids": e.input_ids, "answer_len": e.answer_len}
-                      for e in by_length[max(0, middle - size // 2):][:size]])
+    batch = collator(
+        [{"input_ids": e.input_ids, "answer_len": e.answer_len} for e in by_length[max(0, middle - size // 2) :][:size]]
+    )
     params = [p for p in model.parameters() if p.requires_grad]
     timings = []
     for _ in range(trials + 1):
         started = time.monotonic()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=not plan.config.is_lora
-                            and compute_dtype(plan.config) == torch.bfloat16 and not torch.cuda.is_available()):
+        with torch.autocast(
+            "cpu",
+            dtype=torch.bfloat16,
+            enabled=not plan.config.is_lora
+            and compute_dtype(plan.config) == torch.bfloat16
+            and not torch.cuda.is_available(),
+        ):
             loss = model(**batch).loss
         loss.backward()
         for p in params:
@@ -576,17 +626,21 @@ def estimate_seconds(plan: TrainPlan, trials: int = 2) -> float:
 def describe(plan: TrainPlan) -> list[str]:
     """The lines logged before training starts."""
     stats = plan.token_stats()
-    lines = [f"{plan.config.mode} fine-tuning of {plan.base_model} on {plan.data_file}: "
-             f"{stats['records_used']} records ({plan.composed} composed), {stats['tokens_per_epoch']} tokens/epoch "
-             f"({stats['answer_tokens_per_epoch']} answer tokens scored), {len(plan.intents)} intents"]
+    lines = [
+        f"{plan.config.mode} fine-tuning of {plan.base_model} on {plan.data_file}: "
+        f"{stats['records_used']} records ({plan.composed} composed), {stats['tokens_per_epoch']} tokens/epoch "
+        f"({stats['answer_tokens_per_epoch']} answer tokens scored), {len(plan.intents)} intents"
+    ]
     lines.append(str(choose_dtype(plan.config.dtype)))
     if plan.batch_note:
         lines.append(plan.batch_note)
     if plan.skipped:
         shown = ", ".join(f"line {line} ({n} tokens)" for line, n in plan.skipped[:10])
-        lines.append(f"WARNING: {len(plan.skipped)} record(s) longer than seq_length {plan.config.seq_length} "
-                     f"left out: {shown}{' ...' if len(plan.skipped) > 10 else ''}")
-    lines.append(f"global batch {plan.global_batch}, {plan.steps_per_epoch} steps/epoch, "
-                 f"{plan.total_steps} optimizer steps")
+        lines.append(
+            f"WARNING: {len(plan.skipped)} record(s) longer than seq_length {plan.config.seq_length} "
+            f"left out: {shown}{' ...' if len(plan.skipped) > 10 else ''}"
+        )
+    lines.append(
+        f"global batch {plan.global_batch}, {plan.steps_per_epoch} steps/epoch, {plan.total_steps} optimizer steps"
+    )
     return lines
-

@@ -170,48 +170,63 @@ def check_records(records: list[Record], *, file: str = "") -> Report:
         if len(outputs) > 1:
             said = "; ".join(f"{out!r} ({_refs_text(refs, with_lines=False)})" for out, refs in outputs.items())
             refs = sorted(ref for group in outputs.values() for ref in group)
-            issues.append(Issue("error", "conflicting-outputs", f"{instruction!r} is labelled differently: {said}", refs))
+            issues.append(
+                Issue("error", "conflicting-outputs", f"{instruction!r} is labelled differently: {said}", refs)
+            )
     never_alone = sorted(set(multi_use) - set(single))
     if never_alone:
-        issues.append(Issue(
-            "error", "intent-never-alone",
-            f"intents used in multi-intent records but never alone: {', '.join(never_alone)}"
-            " (the strategy requires every one to occur in single-intent records too)",
-        ))
+        issues.append(
+            Issue(
+                "error",
+                "intent-never-alone",
+                f"intents used in multi-intent records but never alone: {', '.join(never_alone)}"
+                " (the strategy requires every one to occur in single-intent records too)",
+            )
+        )
     for instruction, outputs in seen.items():
         for output, refs in outputs.items():
             if len(refs) > 1:
-                issues.append(Issue("warning", "duplicate", f"{instruction!r} → {output!r} occurs {len(refs)} times", refs))
+                issues.append(
+                    Issue("warning", "duplicate", f"{instruction!r} → {output!r} occurs {len(refs)} times", refs)
+                )
     few = {name: count for name, count in single.items() if count < MIN_PER_INTENT}
     if few:
         listed = ", ".join(f"{name} ({count})" for name, count in sorted(few.items()))
-        issues.append(Issue("warning", "few-records",
-                            f"fewer than {MIN_PER_INTENT} single-intent records: {listed}"))
+        issues.append(Issue("warning", "few-records", f"fewer than {MIN_PER_INTENT} single-intent records: {listed}"))
     ratio = report.balance_ratio
     if ratio is not None and ratio > MAX_BALANCE_RATIO:
         most = max(single, key=lambda n: (single[n], n))
         least = min(single, key=lambda n: (single[n], n))
-        issues.append(Issue(
-            "warning", "imbalance",
-            f"unbalanced intents: {most} has {single[most]} single-intent records, {least} {single[least]}"
-            f" (ratio {ratio:.2f} > {MAX_BALANCE_RATIO})",
-        ))
+        issues.append(
+            Issue(
+                "warning",
+                "imbalance",
+                f"unbalanced intents: {most} has {single[most]} single-intent records, {least} {single[least]}"
+                f" (ratio {ratio:.2f} > {MAX_BALANCE_RATIO})",
+            )
+        )
     share = report.multi_intent_share
     if multi_records == 0:
         issues.append(Issue("info", "no-multi-intent", "no multi-intent records: the model learns single intents only"))
     elif share is not None and share < MIN_MULTI_SHARE:
-        issues.append(Issue(
-            "warning", "few-multi-intent",
-            f"multi-intent records are {share:.0%} of the single-intent count; the strategy asks for at least"
-            f" {MIN_MULTI_SHARE:.0%} ({math.ceil(MIN_MULTI_SHARE * report.single_intent_records)})",
-        ))
+        issues.append(
+            Issue(
+                "warning",
+                "few-multi-intent",
+                f"multi-intent records are {share:.0%} of the single-intent count; the strategy asks for at least"
+                f" {MIN_MULTI_SHARE:.0%} ({math.ceil(MIN_MULTI_SHARE * report.single_intent_records)})",
+            )
+        )
     if non_canonical:
-        issues.append(Issue(
-            "warning", "non-canonical-output",
-            f"outputs not in canonical form: {len(non_canonical)} (e.g. {example}); constrained decoding"
-            " writes canonical text, so train on it",
-            non_canonical,
-        ))
+        issues.append(
+            Issue(
+                "warning",
+                "non-canonical-output",
+                f"outputs not in canonical form: {len(non_canonical)} (e.g. {example}); constrained decoding"
+                " writes canonical text, so train on it",
+                non_canonical,
+            )
+        )
     return report
 
 
@@ -238,8 +253,9 @@ def measure_tokens(records: list[Record], model_dir: str | os.PathLike[str], seq
     end_of_turn = END_OF_TURN if chat else tokenizer.eos_token or ""
     targets = [build_target(r.output, end_of_turn=end_of_turn) for r in records]
     # Prompt and answer are tokenized apart, as a trainer that masks the prompt's loss does.
-    prompt_ids = prompt_token_ids([r.instruction for r in records], tokenizer, system_prompt=system_prompt,
-                                  apply_chat_template=chat)
+    prompt_ids = prompt_token_ids(
+        [r.instruction for r in records], tokenizer, system_prompt=system_prompt, apply_chat_template=chat
+    )
     target_ids = tokenizer(targets, add_special_tokens=False)["input_ids"]
     lengths = sorted(len(p) + len(t) for p, t in zip(prompt_ids, target_ids))
     return TokenStats(
@@ -257,18 +273,24 @@ def measure_tokens(records: list[Record], model_dir: str | os.PathLike[str], seq
 def token_issues(stats: TokenStats) -> list[Issue]:
     """What the token lengths mean for ``seq_length``."""
     if stats.over_seq_length:
-        return [Issue(
-            "warning", "over-seq-length",
-            f"{stats.over_seq_length} records are longer than seq_length {stats.seq_length} (longest"
-            f" {stats.max} tokens) and would be left out of training;"
-            f" use seq_length {stats.recommended_seq_length}",
-        )]
+        return [
+            Issue(
+                "warning",
+                "over-seq-length",
+                f"{stats.over_seq_length} records are longer than seq_length {stats.seq_length} (longest"
+                f" {stats.max} tokens) and would be left out of training;"
+                f" use seq_length {stats.recommended_seq_length}",
+            )
+        ]
     if stats.recommended_seq_length < stats.seq_length:
-        return [Issue(
-            "info", "seq-length",
-            f"seq_length {stats.recommended_seq_length} covers every record (longest {stats.max} tokens);"
-            f" {stats.seq_length} only costs memory",
-        )]
+        return [
+            Issue(
+                "info",
+                "seq-length",
+                f"seq_length {stats.recommended_seq_length} covers every record (longest {stats.max} tokens);"
+                f" {stats.seq_length} only costs memory",
+            )
+        ]
     return []
 
 
@@ -288,8 +310,9 @@ def format_report(report: Report, *, max_refs: int = 8, max_issues_per_code: int
         lines.append(f"balance: max/min {ratio:.2f} (strategy: at most {MAX_BALANCE_RATIO})")
     share = report.multi_intent_share
     share_text = f" = {share:.1%} of single-intent records" if share is not None else ""
-    lines.append(f"multi-intent records: {report.multi_intent_records}{share_text}"
-                 f" (strategy: at least {MIN_MULTI_SHARE:.0%})")
+    lines.append(
+        f"multi-intent records: {report.multi_intent_records}{share_text} (strategy: at least {MIN_MULTI_SHARE:.0%})"
+    )
     if report.tokens:
         t = report.tokens
         lines.append(
@@ -315,8 +338,9 @@ def format_report(report: Report, *, max_refs: int = 8, max_issues_per_code: int
 
 
 def _refs_text(refs: list[tuple[int, int | None]], limit: int = 8, *, with_lines: bool = True) -> str:
-    shown = ", ".join(f"{number} (line {line})" if line and with_lines else str(number)
-                      for number, line in refs[:limit])
+    shown = ", ".join(
+        f"{number} (line {line})" if line and with_lines else str(number) for number, line in refs[:limit]
+    )
     more = f" and {len(refs) - limit} more" if len(refs) > limit else ""
     return f"record{'s' if len(refs) > 1 else ''} {shown}{more}"
 

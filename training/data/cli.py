@@ -29,11 +29,20 @@ def data() -> None:
 @data.command()
 @click.argument("file", type=INPUT)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--seq_length", "seq_length", type=click.IntRange(min=1), default=None,
-              help="The training seq_length to measure against (default 128).")
-@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              default=None, help="Model directory whose tokenizer and prompt measure token lengths "
-              "(default: the prepared base model, if any).")
+@click.option(
+    "--seq_length",
+    "seq_length",
+    type=click.IntRange(min=1),
+    default=None,
+    help="The training seq_length to measure against (default 128).",
+)
+@click.option(
+    "--model",
+    "model_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Model directory whose tokenizer and prompt measure token lengths (default: the prepared base model, if any).",
+)
 @click.option("--no-tokens", is_flag=True, help="Skip the token-length measurement (fast on huge files).")
 def check(file: Path, as_json: bool, seq_length: int | None, model_dir: Path | None, no_tokens: bool) -> None:
     """Lint FILE against the data-preparation strategy. Exit 1 on errors, 0 with warnings only."""
@@ -60,8 +69,11 @@ def check(file: Path, as_json: bool, seq_length: int | None, model_dir: Path | N
         report.tokens = measure_tokens(records, model_dir, seq_length or DEFAULT_SEQ_LENGTH)
         report.issues += token_issues(report.tokens)
     elif not no_tokens:
-        report.issues.append(Issue("info", "no-tokenizer", "token lengths not measured: pass --model DIR"
-                                   " or run `intentlm model prepare`"))
+        report.issues.append(
+            Issue(
+                "info", "no-tokenizer", "token lengths not measured: pass --model DIR or run `intentlm model prepare`"
+            )
+        )
     click.echo(json.dumps(report.to_json(), ensure_ascii=False, indent=2) if as_json else format_report(report))
     if report.errors:
         raise SystemExit(1)
@@ -70,9 +82,12 @@ def check(file: Path, as_json: bool, seq_length: int | None, model_dir: Path | N
 @data.command("from-itag")
 @click.argument("manifests", nargs=-1, required=True, type=INPUT)
 @click.option("-o", "--output", required=True, type=OUTPUT, help="The dataset file to write.")
-@click.option("--label-key", default=None, metavar="KEY",
-              help="Take answers from this label key only (e.g. label-1787402095227383808) "
-              "when several labelling jobs disagree.")
+@click.option(
+    "--label-key",
+    default=None,
+    metavar="KEY",
+    help="Take answers from this label key only (e.g. label-1787402095227383808) when several labelling jobs disagree.",
+)
 def from_itag(manifests: tuple[Path, ...], output: Path, label_key: str | None) -> None:
     """Convert labelled iTAG MANIFESTS (exported JSON Lines) into a dataset."""
     from training.data.itag import ItagError, read_manifests
@@ -85,15 +100,19 @@ def from_itag(manifests: tuple[Path, ...], output: Path, label_key: str | None) 
         raise click.ClickException(f"no labelled rows ({conversion.abandoned} abandoned); nothing written")
     with _writing(output):
         save_dataset(output, conversion.records)
-    click.echo(f"{output}: {len(conversion.records)} records written,"
-               f" {conversion.abandoned} abandoned rows skipped")
+    click.echo(f"{output}: {len(conversion.records)} records written, {conversion.abandoned} abandoned rows skipped")
 
 
 @data.command("to-itag")
 @click.argument("file", type=INPUT)
 @click.option("-o", "--output", required=True, type=OUTPUT, help="The manifest file to write.")
-@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="Pre-label every row with this model directory's predictions (needs vLLM).")
+@click.option(
+    "--model",
+    "model_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Pre-label every row with this model directory's predictions (needs vLLM).",
+)
 def to_itag(file: Path, output: Path, model_dir: Path | None) -> None:
     """Write FILE's utterances as an iTAG manifest for a labelling job.
 
@@ -122,8 +141,12 @@ def to_itag(file: Path, output: Path, model_dir: Path | None) -> None:
 
 @data.command()
 @click.argument("file", type=INPUT)
-@click.option("--test-ratio", required=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
-              help="Share of records for the test side, e.g. 0.1.")
+@click.option(
+    "--test-ratio",
+    required=True,
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    help="Share of records for the test side, e.g. 0.1.",
+)
 @click.option("--seed", default=42, show_default=True, help="Shuffling seed: the same seed gives the same split.")
 @click.option("--train-out", required=True, type=OUTPUT, help="Where to write the training side.")
 @click.option("--test-out", required=True, type=OUTPUT, help="Where to write the test side.")

@@ -26,7 +26,7 @@ MIN_JOINER_SHARE = 0.5
 
 def _ngrams(text: str, longest: int = 3) -> set[tuple[str, ...]]:
     tokens = _TOKEN.findall(text.lower())
-    return {tuple(tokens[i:i + n]) for n in range(1, longest + 1) for i in range(len(tokens) - n + 1)}
+    return {tuple(tokens[i : i + n]) for n in range(1, longest + 1) for i in range(len(tokens) - n + 1)}
 
 
 def find_joiner(records: list[Record]) -> str | None:
@@ -73,6 +73,9 @@ def compose_multi_intent(records: list[Record], count: int, *, seed: int = 42) -
         first_intent, second_intent = pairs[i % len(pairs)]
         first, second = rng.choice(by_intent[first_intent]), rng.choice(by_intent[second_intent])
         text = second.instruction[:1].lower() + second.instruction[1:]
-        composed.append(Record(instruction=first.instruction.rstrip(" .!?") + joiner + text,
-                               output=f"{first.output};{second.output}"))
+        composed.append(
+            Record(
+                instruction=first.instruction.rstrip(" .!?") + joiner + text, output=f"{first.output};{second.output}"
+            )
+        )
     return composed

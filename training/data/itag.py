@@ -117,8 +117,9 @@ def manifest_bytes(records: Sequence[Record], prelabels: Sequence[str | None] | 
     return "".join(lines).encode("utf-8")
 
 
-def write_manifest(path: str | os.PathLike[str], records: Sequence[Record],
-                   prelabels: Sequence[str | None] | None = None) -> None:
+def write_manifest(
+    path: str | os.PathLike[str], records: Sequence[Record], prelabels: Sequence[str | None] | None = None
+) -> None:
     """Write the manifest atomically (see ``manifest_bytes``)."""
     atomic_write_bytes(path, manifest_bytes(records, prelabels))
 
@@ -153,6 +154,7 @@ def _lines(path: Path) -> Iterable[tuple[int, bytes]]:
 
 def _row(path: Path, number: int, raw: bytes, label_key: str | None) -> Record | None:
     """One manifest line as a record; None for an abandoned row."""
+
     def error(message: str, field: str | None = None) -> DatasetError:
         return DatasetError(path, message, line=number, field=field)
 
@@ -189,8 +191,11 @@ def _row(path: Path, number: int, raw: bytes, label_key: str | None) -> Record |
     if "output" in data:
         raise error("the answer belongs in a label-* key, not in data", "data.output")
 
-    answers = {key: _answer(key, value, error) for key, value in row.items()
-               if key.startswith(LABEL_PREFIX) and (label_key is None or key == label_key)}
+    answers = {
+        key: _answer(key, value, error)
+        for key, value in row.items()
+        if key.startswith(LABEL_PREFIX) and (label_key is None or key == label_key)
+    }
     if label_key is not None and label_key not in answers:
         raise error(f"no {label_key!r} label")
     if label_key is None:

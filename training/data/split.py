@@ -92,8 +92,7 @@ def split_records(records: Sequence[Record], test_ratio: float, *, seed: int = 4
     test |= _stratified(records, rest, test_ratio, round(len(records) * test_ratio) - len(test), random.Random(seed))
     if not test or len(test) == len(records):
         raise SplitError(
-            f"{len(records)} records cannot be split with a test ratio of {test_ratio}: "
-            f"one side would be empty"
+            f"{len(records)} records cannot be split with a test ratio of {test_ratio}: one side would be empty"
         )
     return Split(
         train=[r for i, r in enumerate(records) if i not in test],
@@ -112,8 +111,9 @@ def _whole_units(units: list[list[int]], test_ratio: float, rng: random.Random) 
     return test
 
 
-def _stratified(records: Sequence[Record], indices: list[int], test_ratio: float, size: int,
-                rng: random.Random) -> set[int]:
+def _stratified(
+    records: Sequence[Record], indices: list[int], test_ratio: float, size: int, rng: random.Random
+) -> set[int]:
     """``size`` of ``indices`` for the test side, stratified by ``stratum`` (the module's rules)."""
     by_key: dict[tuple[str, ...], list[int]] = {}
     for index in indices:
