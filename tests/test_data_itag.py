@@ -320,7 +320,7 @@ def test_prelabel_with_the_base_model(tmp_path: Path, base_model: Path) -> None:
     dataset.write_text(json.dumps([{"instruction": r.instruction} for r in records]))
     manifest = tmp_path / "prelabelled.manifest"
     done = subprocess.run(
-        [INTENTLM, "data", "to-itag", dataset, "-o", manifest, "--prelabel-model", model],
+        [INTENTLM, "data", "to-itag", dataset, "-o", manifest, "--model", model],
         capture_output=True,
         text=True,
         timeout=300,
@@ -339,7 +339,7 @@ def test_prelabel_with_the_base_model(tmp_path: Path, base_model: Path) -> None:
         assert all(call.name in intents for call in parse(result["data"]))
     # A model whose card lists no intents cannot pre-label: a clear message, nothing written.
     assert read_card(base_model).intents == []
-    code, out = invoke("to-itag", dataset, "-o", tmp_path / "x.manifest", "--prelabel-model", base_model)
+    code, out = invoke("to-itag", dataset, "-o", tmp_path / "x.manifest", "--model", base_model)
     assert (
         code == 1 and "cannot pre-label" in out and "lists no intents" in out and not (tmp_path / "x.manifest").exists()
     )

@@ -15,7 +15,7 @@ Decisions where the format leaves room:
 * In a label, the answer is the result whose ``markTitle`` is ``output`` (the template of the
   reference); a label with a single result and no such title uses that result, as the reference's
   conversion script does.
-* ``label-intentlm`` holds a model's pre-label (written by ``to-itag --prelabel-model``). It is a
+* ``label-intentlm`` holds a model's pre-label (written by ``to-itag --model``). It is a
   suggestion, never an answer: a row whose only label is the pre-label counts as not labelled.
 * Several labellers' keys (several jobs over the same rows) must agree; when they don't, the
   conversion fails naming the lines, unless the caller picks one key.
