@@ -211,7 +211,9 @@ def evaluate(model: ClassicNLU, path: Path, threshold: float, report: Path | Non
         **split_figures([golds[i] for i in inside], [served[i] for i in inside]),
     }
     arg = compute_metrics([golds[i] for i in inside], [served[i] for i in inside])
-    result["arg_prf"] = [round(100 * x, 1) for x in (arg.argument_precision, arg.argument_recall, arg.argument_f1)]
+    result["arg_prf"] = [
+        None if x is None else round(100 * x, 1) for x in (arg.argument_precision, arg.argument_recall, arg.argument_f1)
+    ]
     oos = compute_metrics(golds, served).out_of_scope
     if oos is not None:
         before = sum(reference_record(golds[i], answers[i])[0] for i in inside)

@@ -42,7 +42,7 @@ def split_figures(golds: list[str], answers: list[str]) -> dict[str, dict[str, f
             "intent": round(100 * m.reference.intent_accuracy, 1),
             "param": round(100 * m.reference.parameter_accuracy, 1),
             "exact": round(100 * m.exact_match, 1),
-            "arg_f1": round(100 * m.argument_f1, 1),
+            "arg_f1": None if m.argument_f1 is None else round(100 * m.argument_f1, 1),
         }
         for part, (n, m) in by_call_count(golds, answers).items()
     }

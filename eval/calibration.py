@@ -1,6 +1,6 @@
 """Confidence calibration and out-of-scope rejection: the threshold, the reliability diagram, ECE.
 
-The confidence is the server's (``service.engine.intent_confidence``: the probability of the intent
+The confidence is the server's (``service.predictor.Predictor.confidence``: the probability of the intent
 name tokens, under the card's temperature, which ``fit_temperature`` fits on held-out data). A
 record is rejected as out-of-scope when its confidence (or, as chosen, its typicality) is
 below the threshold, as the server does. ``choose_threshold`` picks it on held-out IN-SCOPE data (the

@@ -157,9 +157,10 @@ class Metrics(BaseModel):
     call_precision: float
     call_recall: float
     call_f1: float
-    argument_precision: float
-    argument_recall: float
-    argument_f1: float
+    # None (shown as "n/a") on data where neither the gold nor the answers have an argument
+    argument_precision: float | None
+    argument_recall: float | None
+    argument_f1: float | None
     multi_intent_records: int
     multi_intent_exact_match: float | None
     per_intent: list[IntentScores]
@@ -283,8 +284,13 @@ def _call_prf(gold_calls: Sequence[list[Call]], pred_calls: Sequence[list[Call]]
     )
 
 
-def _argument_prf(gold_calls: Sequence[list[Call]], pred_calls: Sequence[list[Call]]) -> tuple[float, float, float]:
-    """(intent, argument) pairs as multisets: an argument written twice must be found twice."""
+def _argument_prf(
+    gold_calls: Sequence[list[Call]], pred_calls: Sequence[list[Call]]
+) -> tuple[float | None, float | None, float | None]:
+    """(intent, argument) pairs as multisets: an argument written twice must be found twice. None where there is
+    no argument on either side (a figure of 0 would read as a failure)."""
+    if not any(c.args for calls in (*gold_calls, *pred_calls) for c in calls):
+        return None, None, None
     return _pooled_prf(
         (Counter((c.name, arg) for c in gold for arg in c.args), Counter((c.name, arg) for c in pred for arg in c.args))
         for gold, pred in zip(gold_calls, pred_calls)

@@ -93,7 +93,7 @@ def worst_errors(rows: Sequence[dict[str, Any]], limit: int = WORST_ERRORS) -> l
 
 
 def _pct(value: float | None) -> str:
-    return "—" if value is None else f"{100 * value:.1f}%"
+    return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
 def headline(result: EvalResult) -> list[tuple[str, str]]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -57,8 +56,6 @@ def serve(**flags: Any) -> None:
         raise click.UsageError(f"{'.'.join(map(str, error['loc']))}: {error['msg']}") from exc
     except ModelNotFoundError as exc:
         raise click.ClickException(str(exc)) from exc
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.cpu_kvcache_gib))
-    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", str(settings.cpu_reserved_cores))
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from service.hardware import choose_dtype
 

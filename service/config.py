@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.errors import IntentlmError
-from service.hardware import Dtype
+from service.hardware import Dtype, choose_dtype
 from service.modelcard import base_model_dir, demo_model_dir, is_model_dir
 from service.scope import DEFAULT_OOS_LABEL
 
@@ -24,15 +24,13 @@ class ModelNotFoundError(IntentlmError, RuntimeError):
     """No model directory was given and no prepared one exists."""
 
 
-class Settings(BaseSettings):
+class EngineSettings(BaseSettings):
+    """The vLLM engine's arguments, read by the online engine (``intentlm serve``) and the offline one (``intentlm
+    eval --model``, pre-labelling, training's end-of-run scoring) alike, so both decode the same way."""
+
     model_config = SettingsConfigDict(env_prefix="INTENTLM_", extra="ignore")
 
-    model: Path | None = Field(None, description="Model directory; default: the demo model, else the base model.")
-    host: str = Field("127.0.0.1", description="Interface to listen on (0.0.0.0: every interface).")
-    port: int = Field(8000, ge=0, le=65535, description="Port to listen on.")
-    api_token: SecretStr | None = Field(None, description="When set, every route but health and metrics needs it.")
-
-    # Engine. A short context keeps the KV cache small; intent prompts are a few dozen tokens.
+    # A short context keeps the KV cache small; intent prompts are a few dozen tokens.
     max_model_len: int = Field(2048, ge=64, description="Context length (prompt + answer) in tokens.")
     dtype: Dtype = Field(
         "auto",
@@ -42,9 +40,49 @@ class Settings(BaseSettings):
     enforce_eager: bool = Field(True, description="Skip graph capture/compilation: faster start on CPU.")
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="GPU only: share of memory vLLM may take.")
     tensor_parallel_size: int = Field(1, ge=1, description="GPU only: shard the model over this many GPUs (vLLM).")
+    max_in_flight: int = Field(64, ge=1, description="Requests generating at once: vLLM's max_num_seqs.")
+    cpu_kvcache_gib: int = Field(
+        1, ge=1, description="CPU only: the KV cache vLLM reserves, in GiB (VLLM_CPU_KVCACHE_SPACE, when unset)."
+    )
+    # vLLM's own default reserves one core, which on a 2-core machine halves the engine's compute while the
+    # API process needs little: 0 measured 1.5x the throughput at concurrency 32 there (BENCHMARKS.md, Serving).
+    cpu_reserved_cores: int = Field(
+        0,
+        ge=0,
+        description="CPU only: cores vLLM keeps away from its engine for the API process "
+        "(VLLM_CPU_NUM_OF_RESERVED_CPU, when unset).",
+    )
+
+    def engine_args(self, model_dir: Path) -> dict[str, Any]:
+        """The keyword arguments of vLLM's ``EngineArgs`` (and so of ``AsyncEngineArgs`` and ``LLM``).
+
+        Sets vLLM's CPU variables from these settings first (where the environment has not), since vLLM
+        reads them from the environment when the engine starts."""
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.cpu_kvcache_gib))
+        os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", str(self.cpu_reserved_cores))
+        return {
+            "model": str(model_dir),
+            "max_model_len": self.max_model_len,
+            "max_num_seqs": self.max_in_flight,
+            "dtype": choose_dtype(self.dtype).dtype,
+            "enforce_eager": self.enforce_eager,
+            "enable_prefix_caching": True,  # every request shares the system prompt's prefix
+            "gpu_memory_utilization": self.gpu_memory_utilization,
+            "tensor_parallel_size": self.tensor_parallel_size,
+            "generation_config": "vllm",  # sampling comes from the request, not generation_config.json
+            "seed": 0,
+        }
+
+
+class Settings(EngineSettings):
+    """The server's settings: the engine's, and what the HTTP side adds."""
+
+    model: Path | None = Field(None, description="Model directory; default: the demo model, else the base model.")
+    host: str = Field("127.0.0.1", description="Interface to listen on (0.0.0.0: every interface).")
+    port: int = Field(8000, ge=0, le=65535, description="Port to listen on.")
+    api_token: SecretStr | None = Field(None, description="When set, every route but health and metrics needs it.")
 
     # Admission control: past max_in_flight + max_queued admitted requests, answer 503 at once.
-    max_in_flight: int = Field(64, ge=1, description="Requests generating at once: vLLM's max_num_seqs.")
     max_queued: int = Field(192, ge=0, description="Requests waiting for a batch slot before 503.")
     request_timeout: float = Field(30.0, gt=0, description="Seconds after which a request is aborted with 504.")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Larger request bodies get 413.")
@@ -79,17 +117,6 @@ class Settings(BaseSettings):
         "on a 2-core CPU ~40 % more latency and half the throughput (BENCHMARKS.md, Typicality).",
     )
 
-    cpu_kvcache_gib: int = Field(
-        1, ge=1, description="CPU only: the KV cache vLLM reserves, in GiB (VLLM_CPU_KVCACHE_SPACE, when unset)."
-    )
-    # vLLM's own default reserves one core, which on a 2-core machine halves the engine's compute while the
-    # API process needs little: 0 measured 1.5x the throughput at concurrency 32 there (BENCHMARKS.md, Serving).
-    cpu_reserved_cores: int = Field(
-        0,
-        ge=0,
-        description="CPU only: cores vLLM keeps away from its engine for the API process "
-        "(VLLM_CPU_NUM_OF_RESERVED_CPU, when unset).",
-    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
 
     @property
@@ -115,6 +142,4 @@ class Settings(BaseSettings):
         """The settings as printed at start-up; the token is masked."""
         values = self.model_dump()
         values["api_token"] = "***" if self.api_token else None
-        values["VLLM_CPU_KVCACHE_SPACE"] = os.environ.get("VLLM_CPU_KVCACHE_SPACE")
-        values["VLLM_CPU_NUM_OF_RESERVED_CPU"] = os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU")
         return values

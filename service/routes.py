@@ -125,7 +125,7 @@ async def eas(body: EasRequest, request: Request, engine: IntentEngine = Depends
     async def run() -> str:
         last = ""
         async for update in engine.stream(ids, params, route="/"):
-            last = update.text
+            last = update.decoded.text
         return last
 
     with engine.admission.slots(1):
@@ -141,7 +141,7 @@ async def _eas_stream(
         try:
             async with asyncio.timeout(timeout_s):
                 async for update in engine.stream(ids, params, route="/"):
-                    yield orjson.dumps(_eas_reply(body, update.text)) + b"\0"
+                    yield orjson.dumps(_eas_reply(body, update.decoded.text)) + b"\0"
         except TimeoutError:
             return  # headers are sent; the stream ends early and the generation is aborted
 

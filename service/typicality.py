@@ -140,14 +140,19 @@ class HiddenStates:
         # AutoModel: the decoder without its vocabulary projection, which this never needs.
         self.model = AutoModel.from_pretrained(str(model_dir), dtype=getattr(torch, self.dtype)).to(self.device).eval()
 
-    def __call__(self, prompts: Sequence[Sequence[int]]) -> np.ndarray:
-        """The states of ``prompts`` (token id lists), in order, as float32 (n, dim)."""
+    def __call__(self, prompts: Sequence[Sequence[int]], *, progress: bool = False) -> np.ndarray:
+        """The states of ``prompts`` (token id lists), in order, as float32 (n, dim); ``progress`` shows a bar
+        (a pass over a whole data set takes minutes on a small CPU)."""
+        from tqdm import tqdm
+
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths batch together
         states: list[np.ndarray] = [np.empty(0)] * len(prompts)
-        for start in range(0, len(order), BATCH):
-            chunk = order[start : start + BATCH]
-            for i, state in zip(chunk, self._batch([prompts[i] for i in chunk])):
-                states[i] = state
+        with tqdm(total=len(prompts), desc="typicality", unit="prompt", disable=not progress) as bar:
+            for start in range(0, len(order), BATCH):
+                chunk = order[start : start + BATCH]
+                for i, state in zip(chunk, self._batch([prompts[i] for i in chunk])):
+                    states[i] = state
+                bar.update(len(chunk))
         return np.stack(states) if states else np.empty((0, 0), dtype=np.float32)
 
     def _batch(self, batch: list[Sequence[int]]) -> np.ndarray:
@@ -186,7 +191,8 @@ def _shared_prefix(prompts: Sequence[Sequence[int]]) -> int:
 
 
 class TypicalityScorer:
-    """The server's scorer: requests that arrive while a forward pass runs are scored together in the next.
+    """A model's typicality: ``score_all`` for a data set, ``score`` for the server, where requests that arrive
+    while a forward pass runs are scored together in the next.
 
     One worker thread runs the passes (torch releases the GIL, so the event loop and vLLM's output
     handling go on); batching the waiting prompts keeps the cost per request falling under load
@@ -223,8 +229,23 @@ class TypicalityScorer:
                 if not future.done():  # a cancelled request's future is done already
                     future.set_result(float(value))
 
+    def score_all(self, prompts: Sequence[Sequence[int]], *, progress: bool = False) -> np.ndarray:
+        """The typicality of each prompt, in order, in batches (``progress``: show a bar)."""
+        return self.statistics.typicality(self.states(prompts, progress=progress))
+
     def _score(self, prompts: list[Sequence[int]]) -> np.ndarray:
         return self.statistics.typicality(self.states(prompts))
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def typicality_scorer(
+    model_dir: str | os.PathLike[str], dtype: Dtype = "auto", *, cpu_threads: int | None = None
+) -> TypicalityScorer | None:
+    """The scorer of a model directory (a copy of its model for the forward pass, see ``HiddenStates``); None when
+    the directory has no statistics."""
+    statistics = IntentStatistics.load(model_dir)
+    if statistics is None:
+        return None
+    return TypicalityScorer(HiddenStates(model_dir, cpu_threads=cpu_threads, dtype=dtype), statistics)

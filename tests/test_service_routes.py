@@ -4,7 +4,6 @@ plus the pieces of the engine that need no model: admission, confidence, setting
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,7 +12,8 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.config import ModelNotFoundError, Settings
-from service.engine import Admission, Generation, ServiceError, intent_confidence
+from service.engine import Admission, Generation, ServiceError
+from service.predictor import Decoded
 from service.protocol import EasRequest, IntentCall, IntentPrediction
 
 
@@ -37,7 +37,7 @@ class FakeEngine:
         for word in ("it", " is", " done"):
             await asyncio.sleep(self.delay)
             text += word
-            yield Generation(text, [], [], len(ids), text.endswith("done"), None, None)
+            yield Generation(Decoded(text, [], [], None), len(ids), text.endswith("done"), None)
 
     async def predict(self, text: str, **kwargs: object) -> IntentPrediction:
         return (await self.predict_many([text], **kwargs))[0]
@@ -199,40 +199,6 @@ def test_metrics_label_routes_and_statuses(client: TestClient) -> None:
     text = client.get("/metrics").text
     assert 'intentlm_requests_total{route="/v1/intents",status="200"}' in text
     assert 'intentlm_requests_total{route="other",status="404"}' in text
-
-
-class PieceTokenizer:
-    """Decodes token ids from a fixed table (what ``intent_confidence`` needs of a tokenizer)."""
-
-    def __init__(self, pieces: list[str]) -> None:
-        self.pieces = pieces
-
-    def decode(self, ids: list[int]) -> str:
-        return "".join(self.pieces[i] for i in ids)
-
-
-def test_confidence_counts_only_intent_name_tokens_of_the_least_sure_call() -> None:
-    pieces = ["alarm", "_set", "(", "7", " am", ")", ";", "iot", "()", "<|im_end|>"]
-    tokenizer = PieceTokenizer(pieces)
-    ids = list(range(len(pieces)))
-    logprobs = [
-        math.log(0.9),
-        math.log(0.8),
-        math.log(0.5),
-        math.log(0.1),
-        math.log(0.1),
-        0.0,
-        0.0,
-        math.log(0.5),
-        0.0,
-        math.log(0.01),
-    ]
-    # alarm, _set, "(" (ends the first name): 0.36; then "iot" and "()" of the second call: 0.5.
-    assert intent_confidence(ids, logprobs, tokenizer) == pytest.approx(0.9 * 0.8 * 0.5)
-    assert intent_confidence(ids[:6], logprobs[:6], tokenizer) == pytest.approx(0.9 * 0.8 * 0.5)
-    assert intent_confidence(ids[7:], logprobs[7:], tokenizer) == pytest.approx(0.5)  # end of turn not counted
-    assert intent_confidence([], [], tokenizer) == 0.0
-    assert intent_confidence(ids, logprobs, tokenizer, temperature=2.0) == pytest.approx((0.9 * 0.8 * 0.5) ** 0.5)
 
 
 def test_settings_env_flags_and_masking(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -42,7 +42,7 @@ from service.modelcard import (
     read_card,
     write_card,
 )
-from service.prompt import END_OF_TURN, build_prompt, build_target, prompt_token_ids
+from service.prompt import END_OF_TURN, build_target, prompt_token_ids
 from service.scope import DEFAULT_OOS_LABEL
 from service.typicality import IntentStatistics
 from training.config import TrainConfig, fit_batch_to_data
@@ -454,9 +454,10 @@ def train(
             card.typicality_threshold = typicality_threshold(statistics)
         if config.is_lora:  # the adapter too: small, and what `intentlm model prepare` bundles for the demo
             shutil.copytree(adapter_dir, tmp / ADAPTER_DIR)
-        if eval_data is not None:
-            card.metrics["eval"] = evaluate_model(tmp, eval_data, card)
         write_card(tmp, card)
+        if eval_data is not None:  # answered as served: the card's prompt, grammar and out-of-scope rule
+            card.metrics["eval"] = evaluate_model(tmp, eval_data)
+            write_card(tmp, card)
         if tensorboard_dir is None and tb_dir.is_dir():
             shutil.copytree(tb_dir, tmp / TENSORBOARD_DIR)
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -490,7 +491,7 @@ def typicality_statistics(model_dir: Path, records: list[Record], card: ModelCar
         system_prompt=card.system_prompt,
         apply_chat_template=card.apply_chat_template,
     )
-    states = HiddenStates(model_dir)(prompts)
+    states = HiddenStates(model_dir)(prompts, progress=True)
     return IntentStatistics.fit(states, [next(c.name for c in r.calls() if c.name != DEFAULT_OOS_LABEL) for r in kept])
 
 
@@ -510,14 +511,16 @@ def base_model_name(base_model: Path) -> str:
     return (base_card.base_model if base_card and base_card.base_model else None) or str(base_model.resolve())
 
 
-def evaluate_model(model_dir: Path, data: Path, card: ModelCard, batch_size: int = 32) -> dict[str, Any]:
-    """Greedy answers for ``data`` scored with the evaluation metrics (eval.metrics): the reference
-    script's two figures first, then exact match, macro F1 and the malformed rate."""
+def evaluate_model(model_dir: Path, data: Path) -> dict[str, Any]:
+    """The answers of the model in ``model_dir`` to ``data``, as the server gives them (``intentlm eval --model``'s
+    predictor, eval.runner), scored with the evaluation metrics (eval.metrics): the reference script's two figures
+    first, then exact match, macro F1 and the malformed rate."""
     from eval.metrics import compute_metrics
+    from eval.runner import predict_with_model
 
     records = load_dataset(data)
-    predictions = generate(model_dir, [r.instruction for r in records], card, batch_size=batch_size)
-    metrics = compute_metrics([r.output for r in records], predictions)
+    predictions = predict_with_model(model_dir, [r.instruction for r in records])
+    metrics = compute_metrics([r.output for r in records], [p.text for p in predictions])
     return {
         "file": str(data.resolve()),
         "records": len(records),
@@ -527,46 +530,6 @@ def evaluate_model(model_dir: Path, data: Path, card: ModelCard, batch_size: int
         "macro_f1": metrics.macro_f1,
         "malformed_rate": metrics.malformed_rate,
     }
-
-
-def generate(
-    model_dir: Path, instructions: list[str], card: ModelCard, *, batch_size: int = 32, max_new_tokens: int = 64
-) -> list[str]:
-    """Greedy, batched (left-padded) generation with transformers: the reference script's decoding.
-
-    transformers rather than vLLM here: the model is already on this process's mind, the eval set is
-    small, and no engine start (~30 s) is needed; ``intentlm eval`` is the full, vLLM-batched evaluation.
-    """
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    tokenizer = load_tokenizer(model_dir)
-    tokenizer.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=compute_dtype(TrainConfig()))
-    model.eval()
-    prompts = [
-        build_prompt(
-            text, system_prompt=card.system_prompt, apply_chat_template=card.apply_chat_template, tokenizer=tokenizer
-        )
-        for text in instructions
-    ]
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    answers: list[str] = [""] * len(prompts)
-    with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            inputs = tokenizer([prompts[i] for i in chunk], return_tensors="pt", padding=True)
-            out = model.generate(
-                **inputs,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
-            texts = tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-            for i, text in zip(chunk, texts):
-                answers[i] = text.strip()
-    return answers
 
 
 def dry_run_report(plan: TrainPlan) -> dict[str, Any]:

@@ -1,0 +1,83 @@
+"""The predictor's answer from what an engine decoded: parsing, recovery, confidence, the out-of-scope rule.
+
+These need no model (a tokenizer of fixed pieces); the same predictor answering through the real engines is
+tested in test_server.py and test_eval_engine.py (the server and ``intentlm eval`` agree on every answer)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from service.intents import Call
+from service.modelcard import ModelCard
+from service.predictor import Decoded, Predictor
+from service.scope import OutOfScopeRule
+
+PIECES = ["alarm", "_set", "(", "7", " am", ")", ";", "iot", "()", "<|im_end|>"]
+
+
+class PieceTokenizer:
+    """Decodes token ids from a fixed table (what the predictor's confidence needs of a tokenizer)."""
+
+    unk_token_id = None
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(PIECES[i] for i in ids)
+
+    def convert_tokens_to_ids(self, token: str) -> int:
+        return PIECES.index(token)
+
+
+def predictor(**card: object) -> Predictor:
+    return Predictor(
+        ModelCard(intents=["alarm_set", "iot"], **card),
+        PieceTokenizer(),
+        max_model_len=64,
+        oos_rule=OutOfScopeRule(confidence_threshold=0.3),
+    )
+
+
+LOGPROBS = [math.log(p) for p in (0.9, 0.8, 0.5, 0.1, 0.1, 1, 1, 0.5, 1, 0.01)]
+
+
+def decoded(ids: list[int], finish_reason: str | None = "stop") -> Decoded:
+    return Decoded("".join(PIECES[i] for i in ids), ids, [LOGPROBS[i] for i in ids], finish_reason)
+
+
+def test_confidence_counts_only_intent_name_tokens_of_the_least_sure_call() -> None:
+    ids = list(range(len(PIECES)))
+    # alarm, _set, "(" (ends the first name): 0.36; then "iot" and "()" of the second call: 0.5.
+    assert predictor().confidence(decoded(ids)) == pytest.approx(0.9 * 0.8 * 0.5)
+    assert predictor().confidence(decoded(ids[:6])) == pytest.approx(0.9 * 0.8 * 0.5)
+    assert predictor().confidence(decoded(ids[7:])) == pytest.approx(0.5)  # end of turn not counted
+    assert predictor().confidence(Decoded("", [], [], "stop")) == 0.0
+    hot = predictor(confidence_temperature=2.0)
+    assert hot.confidence(decoded(ids)) == pytest.approx((0.9 * 0.8 * 0.5) ** 0.5)
+
+
+def test_an_answer_cut_off_by_the_token_limit_keeps_its_complete_calls() -> None:
+    answer = predictor().answer(decoded([0, 1, 2, 3, 4, 5, 6, 7]), None)
+    assert answer.malformed and answer.calls == []  # stopped, not cut off: nothing recovered
+    answer = predictor().answer(decoded([0, 1, 2, 3, 4, 5, 6, 7], "length"), None)
+    assert not answer.malformed and answer.calls == [Call("alarm_set", ("7 am",))]
+    assert answer.text == "alarm_set(7 am)" and answer.raw == "alarm_set(7 am);iot"
+    free = predictor().answer(decoded([0, 1, 2, 3, 4, 5, 6, 7], "length"), None, constrained=False)
+    assert free.malformed and free.text == "alarm_set(7 am);iot"  # free decoding: what it wrote is scored
+
+
+def test_the_out_of_scope_rule_rejects_by_its_first_failing_score_and_never_an_unparsed_answer() -> None:
+    sure = predictor().answer(decoded([7, 8]), typicality=None)
+    assert sure.calls == [Call("iot", ())] and sure.rejection is None
+    unsure = Predictor(
+        ModelCard(intents=["iot"]),
+        PieceTokenizer(),
+        max_model_len=64,
+        oos_rule=OutOfScopeRule(confidence_threshold=0.6, typicality_threshold=0.5),
+        oos_label="none",
+    )
+    rejected = unsure.answer(decoded([7, 8]), typicality=0.9)
+    assert rejected.rejection == "confidence" and rejected.text == "none()" and rejected.raw == "iot()"
+    assert unsure.answer(decoded([0, 1]), typicality=0.1).rejection is None  # does not parse: nothing to reject
+    atypical = predictor().answer(decoded([7, 8]), typicality=0.1)
+    assert atypical.rejection is None  # this rule has no typicality threshold
