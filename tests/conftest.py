@@ -150,6 +150,15 @@ def smarthome_model(base_model: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 
 @pytest.fixture(scope="session")
+def demo_model(base_model: Path) -> Path:
+    """The bundled demo model (training/demo's adapter merged into the base model), as `intentlm model prepare`
+    leaves it: the trained model a user serves by default."""
+    from training.basemodel import prepare_demo_model
+
+    return prepare_demo_model(base_model)
+
+
+@pytest.fixture(scope="session")
 def live_server(smarthome_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """The session's shared server (token `test-token`). Do not kill or overload it."""
     server = start_server(smarthome_model, tmp_path_factory.mktemp("live-server"))

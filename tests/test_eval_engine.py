@@ -11,14 +11,21 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TEST_FILE, TYPICALITY_RECORDS, LiveServer, link_model
+from conftest import REPO, TEST_FILE, TYPICALITY_RECORDS, LiveServer, link_model, start_server
 
-LIMIT = 8  # records: enough for a batch, small enough to keep the test short
+LIMIT = 8  # records of the runs that check a route's plumbing, not its answers
 
 
-def _eval(*args: str) -> subprocess.CompletedProcess:
+def _eval(*args: str, limit: int | None = LIMIT) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [str(REPO / ".venv" / "bin" / "intentlm"), "eval", "--data", str(TEST_FILE), "--limit", str(LIMIT), *args],
+        [
+            str(REPO / ".venv" / "bin" / "intentlm"),
+            "eval",
+            "--data",
+            str(TEST_FILE),
+            *(["--limit", str(limit)] if limit else []),
+            *args,
+        ],
         capture_output=True,
         text=True,
         timeout=600,
@@ -31,49 +38,55 @@ def _rows(out: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def model_run(smarthome_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One `intentlm eval --model` run (one engine start) shared by the tests below."""
+def model_run(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One `intentlm eval --model` run of the demo model on the whole test file (one engine start)."""
     out = tmp_path_factory.mktemp("eval-model")
-    done = _eval("--model", str(smarthome_model), "--report", str(out))
+    done = _eval("--model", str(demo_model), "--report", str(out), "--dtype", "float32", limit=None)
     assert done.returncode == 0, done.stdout + done.stderr[-4000:]
     assert "Intent accuracy (reference script)" in done.stdout
     return out
 
 
 @pytest.mark.engine
-def test_model_run_writes_a_consistent_report(model_run: Path, smarthome_model: Path) -> None:
+def test_model_run_writes_a_consistent_report(model_run: Path, demo_model: Path) -> None:
     result = json.loads((model_run / "metrics.json").read_text())
-    card = json.loads((smarthome_model / "intentlm.json").read_text())
+    card = json.loads((demo_model / "intentlm.json").read_text())
     assert result["run"]["mode"] == "model" and result["run"]["constrained"] is True
-    assert result["metrics"]["records"] == LIMIT
+    records = json.loads(TEST_FILE.read_text())
+    assert result["metrics"]["records"] == len(records)
+    assert result["metrics"]["latency"] is None  # an offline batch has no per-request latency
     rows = _rows(model_run)
-    assert [r["instruction"] for r in rows] == [r["instruction"] for r in json.loads(TEST_FILE.read_text())[:LIMIT]]
-    for row in rows:  # constrained decoding: every complete answer names a card intent
-        assert row["malformed"] or row["pred_intent"] in card["intents"], row
-        assert row["latency_ms"] > 0 and 0 <= row["confidence"] <= 1
+    assert [r["instruction"] for r in rows] == [r["instruction"] for r in records]
+    for row in rows:  # constrained decoding: every complete answer names a card intent, or is rejected as oos
+        assert row["malformed"] or row["pred_intent"] in [*card["intents"], "oos"], row
+        assert row["latency_ms"] is None and 0 <= row["confidence"] <= 1
         assert 0 < row["typicality"] <= 1
     figures = result["metrics"]["reference"]
-    assert figures["intent_accuracy"] == sum(r["reference_intent_correct"] for r in rows) / LIMIT
+    assert figures["intent_accuracy"] == sum(r["reference_intent_correct"] for r in rows) / len(records)
     assert (model_run / "confusion.png").read_bytes().startswith(b"\x89PNG")
 
 
 @pytest.mark.engine
-def test_url_run_agrees_with_model_run(model_run: Path, live_server: LiveServer, tmp_path: Path) -> None:
-    """Same model, same prompt, greedy constrained decoding: the service answers as the offline engine."""
-    assert (
-        live_server.model_dir.resolve()
-        == Path(json.loads((model_run / "metrics.json").read_text())["run"]["source"]).resolve()
-    )
-    done = _eval("--url", live_server.url, "--token", live_server.token or "", "--report", str(tmp_path))
+def test_url_run_agrees_with_model_run(model_run: Path, demo_model: Path, tmp_path: Path) -> None:
+    """The server and `intentlm eval --model` answer through one predictor: on the whole test file the served
+    demo model gives every raw answer and score that eval gives. Both run in float32: in bf16 the rounding of
+    batches of different sizes (16 requests at a time against the whole file) flips a few near-tied argument
+    spans (3 of 480, every intent the same), which is the engine's arithmetic, not the predictor."""
+    assert demo_model.resolve() == Path(json.loads((model_run / "metrics.json").read_text())["run"]["source"]).resolve()
+    server = start_server(demo_model, tmp_path, "--dtype", "float32")
+    try:
+        done = _eval("--url", server.url, "--token", server.token or "", "--report", str(tmp_path), limit=None)
+    finally:
+        server.stop()
     assert done.returncode == 0, done.stdout + done.stderr[-4000:]
     url_result = json.loads((tmp_path / "metrics.json").read_text())
     model_result = json.loads((model_run / "metrics.json").read_text())
     assert url_result["run"]["mode"] == "url (intents)"
-    assert [r["raw"] for r in _rows(tmp_path)] == [r["raw"] for r in _rows(model_run)]
-    # one prompt alone (the server) or in a batch of 8 (eval): the same state but for bf16 rounding
-    assert [r["typicality"] for r in _rows(tmp_path)] == pytest.approx(
-        [r["typicality"] for r in _rows(model_run)], rel=0.05
-    )
+    served, offline = _rows(tmp_path), _rows(model_run)
+    assert [r["raw"] for r in served] == [r["raw"] for r in offline]
+    assert [r["prediction"] for r in served] == [r["prediction"] for r in offline]
+    assert [r["confidence"] for r in served] == pytest.approx([r["confidence"] for r in offline], abs=1e-4)
+    assert [r["typicality"] for r in served] == pytest.approx([r["typicality"] for r in offline], abs=1e-4)
     assert url_result["metrics"]["reference"] == model_result["metrics"]["reference"]
 
 
