@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("intentlm.eval")
 
 Api = Literal["intents", "eas"]
+BATCH_RETRIES = 100
 
 
 @dataclass(frozen=True)
@@ -202,6 +203,7 @@ async def _predict_with_url(
         ConnectionError,
         IntentLMError,
         NotFoundError,
+        Retries,
     )
 
     limit = asyncio.Semaphore(concurrency)
@@ -229,7 +231,9 @@ async def _predict_with_url(
             bar.update()
             return prediction
 
-    async with AsyncIntentClient(url, token=token, timeout=timeout) as client:
+    # A batch job: a server past its admission deadline says when to come back (503, Retry-After), and a record
+    # given up on would be lost, so it keeps retrying far longer than an interactive caller would.
+    async with AsyncIntentClient(url, token=token, timeout=timeout, retries=Retries(total=BATCH_RETRIES)) as client:
         with tqdm(total=len(instructions), desc="eval", unit="rec", disable=not progress) as bar:
             tasks = [asyncio.ensure_future(one(client, text, bar)) for text in instructions]
             try:

@@ -82,8 +82,15 @@ class Settings(EngineSettings):
     port: int = Field(8000, ge=0, le=65535, description="Port to listen on.")
     api_token: SecretStr | None = Field(None, description="When set, every route but health and metrics needs it.")
 
-    # Admission control: past max_in_flight + max_queued admitted requests, answer 503 at once.
+    # Admission control: past max_in_flight + max_queued admitted requests, or past the deadline, answer 503 at once.
     max_queued: int = Field(192, ge=0, description="Requests waiting for a batch slot before 503.")
+    admission_deadline: float = Field(
+        2.0,
+        ge=0,
+        description="Refuse at once (503, Retry-After) a request whose expected time to its answer, from the "
+        "measured service rate, passes this many seconds: a voice assistant that waits longer has lost its "
+        "user. 0: off (only the count bound applies).",
+    )
     request_timeout: float = Field(30.0, gt=0, description="Seconds after which a request is aborted with 504.")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Larger request bodies get 413.")
 

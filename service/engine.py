@@ -13,15 +13,14 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from service import metrics
+from service.admission import Admission
 from service.config import Settings
-from service.errors import ServiceError
 from service.modelcard import ModelCard, read_card
 from service.predictor import Decoded, Predictor
 from service.protocol import EasRequest, IntentCall, IntentPrediction
@@ -44,54 +43,6 @@ class Generation:
     first_token_s: float | None
 
 
-class Admission:
-    """A bounded count of admitted generations; past the bound a request is refused at once (503).
-
-    vLLM runs up to ``max_in_flight`` sequences per step and queues the rest; bounding the queue
-    turns overload into an immediate, retryable answer instead of unbounded latency.
-    """
-
-    def __init__(self, max_in_flight: int, max_queued: int) -> None:
-        self.max_in_flight = max_in_flight
-        self.limit = max_in_flight + max_queued
-        self.admitted = 0
-
-    def check(self, n: int) -> None:
-        """Refuse (503, retryable) when ``n`` more generations would pass the bound; 422 when they never fit."""
-        if n > self.limit:  # retrying could never help: not a 503
-            raise ServiceError(
-                422,
-                "batch_too_large",
-                f"{n} texts are more than this server admits at once ({self.limit})",
-                field="texts",
-            )
-        if self.admitted + n > self.limit:
-            raise ServiceError(
-                503, "overloaded", f"server is at capacity ({self.limit} requests); retry shortly", retry_after=1
-            )
-
-    @contextmanager
-    def hold(self, n: int) -> Iterator[None]:
-        """Count ``n`` generations as admitted while the block runs (after ``check``)."""
-        self._update(n)
-        try:
-            yield
-        finally:
-            self._update(-n)
-
-    @contextmanager
-    def slots(self, n: int) -> Iterator[None]:
-        self.check(n)
-        with self.hold(n):
-            yield
-
-    def _update(self, delta: int) -> None:
-        self.admitted += delta
-        running = min(self.admitted, self.max_in_flight)
-        metrics.IN_FLIGHT.set(running)
-        metrics.QUEUED.set(self.admitted - running)
-
-
 class IntentEngine:
     """One served model: its predictor (service.predictor) over the vLLM engine, and the admission bound."""
 
@@ -104,7 +55,7 @@ class IntentEngine:
         self.predictor = predictor
         self.card = predictor.card
         self.tokenizer: Any = predictor.tokenizer
-        self.admission = Admission(settings.max_in_flight, settings.max_queued)
+        self.admission = Admission(settings.max_in_flight, settings.max_queued, settings.admission_deadline)
         self._kinds = RequestOutputKind
         self._known_intents = set(self.card.intents) | {settings.oos_label}
         metrics.MODEL_INFO.info(

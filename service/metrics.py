@@ -35,6 +35,10 @@ PROMPT_TOKENS = Counter("intentlm_prompt_tokens", "Prompt tokens processed.", ["
 GENERATED_TOKENS = Counter("intentlm_generated_tokens", "Tokens generated.", ["route"])
 IN_FLIGHT = Gauge("intentlm_requests_in_flight", "Admitted generations the engine is running.")
 QUEUED = Gauge("intentlm_requests_queued", "Admitted generations waiting for a batch slot.")
+EXPECTED_SECONDS = Gauge(
+    "intentlm_admission_expected_seconds",
+    "The expected time to answer one more request (what the admission deadline compares).",
+)
 PREDICTED_INTENTS = Counter("intentlm_predicted_intents", "Intents returned by /v1/intents, by name.", ["intent"])
 OUT_OF_SCOPE = Counter(
     "intentlm_out_of_scope_replies",

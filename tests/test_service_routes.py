@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from service.admission import Admission
 from service.app import create_app
 from service.config import ModelNotFoundError, Settings
-from service.engine import Admission, Generation, ServiceError
+from service.engine import Generation
+from service.errors import ServiceError
 from service.predictor import Decoded
 from service.protocol import EasRequest, IntentCall, IntentPrediction
 
@@ -184,6 +186,43 @@ def test_admission_bound() -> None:
     assert admission.admitted == 0
     with pytest.raises(ServiceError), admission.slots(4):
         pass
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_admission_deadline_comes_from_the_measured_interval_between_finishes() -> None:
+    clock = Clock()
+    admission = Admission(max_in_flight=8, max_queued=100, deadline_s=2.0, clock=clock)
+    for _ in range(5):  # idle, or nothing measured: every request is admitted
+        admission.check(1)
+    assert admission.expected_seconds() == 0.0
+    clock.now += 50  # idle time before a request is not service time
+    with admission.slots(1):
+        clock.now += 0.5
+    assert admission.interval == pytest.approx(0.5)
+    admission.check(1)  # nothing admitted: a request alone is never refused
+    with admission.slots(3):  # three answered together after 0.6 s: one every 0.2 s
+        clock.now += 0.6
+        with pytest.raises(ServiceError) as refused:
+            admission.check(3)  # (3 + 3) * 0.5 = 3 s > 2 s
+    assert refused.value.status == 503 and refused.value.retry_after == 1
+    assert admission.interval == pytest.approx(0.9 * 0.5 + 0.1 * 0.2)
+    with admission.slots(2):
+        admission.check(1)  # (2 + 1) * 0.47 = 1.4 s
+        with pytest.raises(ServiceError):
+            admission.check(3)  # 5 * 0.47 = 2.35 s
+    assert admission.admitted == 0
+    off = Admission(max_in_flight=8, max_queued=100, deadline_s=0, clock=clock)
+    with off.slots(1):
+        clock.now += 5
+    with off.slots(5):
+        off.check(1)  # (5 + 1) * 5 s expected, and no deadline to pass
 
 
 def test_batch_counts_each_utterance_against_admission(tmp_path: Path) -> None:
