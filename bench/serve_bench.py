@@ -10,7 +10,13 @@ with a smart-home card (the 12 HWU64 intents, CC BY 4.0, Liu et al. 2019). Utter
 smart-home test set's instructions, cycled. Prints a Markdown table for BENCHMARKS.md.
 
     .venv/bin/python bench/serve_bench.py [--requests-per-level 2] [--out runs/serve_bench.json]
+    .venv/bin/python bench/serve_bench.py --model ~/.cache/intentlm/models/smarthome-demo   # the demo, as served
     .venv/bin/python bench/serve_bench.py --only intentlm --levels 1 --min-requests 2   # a smoke run
+
+``--model DIR`` serves that model directory as it is (its card's prompt, intents, thresholds and typicality), and
+vLLM's server gets the same prompt and the same per-request regex; ``--serve-arg`` passes a flag to `intentlm
+serve` (repeatable: ``--serve-arg=--dtype=float32``). A request refused with 503 (the admission deadline) is
+counted and sent again after its Retry-After; its latency is that of the attempt that was answered.
 
 The data is the repository's data/smarthome/ (INTENTLM_DATA_DIR points at another copy).
 """
@@ -29,6 +35,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -38,8 +45,9 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from service.intents import intent_regex, parse  # noqa: E402
-from service.modelcard import ModelCard, base_model_dir, write_card  # noqa: E402
+from service.hardware import cpu_flags  # noqa: E402
+from service.intents import decoding_regex, parse  # noqa: E402
+from service.modelcard import ModelCard, base_model_dir, read_card, write_card  # noqa: E402
 from service.prompt import build_prompt  # noqa: E402
 
 DATA = Path(os.environ.get("INTENTLM_DATA_DIR", Path(__file__).resolve().parents[1] / "data" / "smarthome"))
@@ -107,12 +115,20 @@ async def load(
     """``total`` requests from ``concurrency`` workers; latency of each, overall throughput."""
     latencies: list[float] = []
     outputs: list[object] = []
+    refused = 0
     counter = iter(range(total))
 
     async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal refused
         for i in counter:
             start = time.perf_counter()
-            outputs.append(await send(client, texts[i % len(texts)]))
+            output = await send(client, texts[i % len(texts)])
+            while isinstance(output, Refused):  # as the project's clients do: wait as told, ask again
+                refused += 1
+                await asyncio.sleep(output.retry_after)
+                start = time.perf_counter()
+                output = await send(client, texts[i % len(texts)])
+            outputs.append(output)
             latencies.append(time.perf_counter() - start)
 
     limits = httpx.Limits(max_connections=concurrency + 4)
@@ -125,11 +141,23 @@ async def load(
     return {
         "concurrency": concurrency,
         "requests": total,
+        "refused": refused,
         "p50_ms": statistics.median(ordered) * 1000,
         "p99_ms": ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))] * 1000,
-        "req_per_s": total / elapsed,
+        "req_per_s": len(ordered) / elapsed,
         "sample_output": outputs[0],
     }
+
+
+@dataclass(frozen=True)
+class Refused:
+    """What a send returns for a 503: the request is sent again after ``retry_after`` seconds."""
+
+    retry_after: float
+
+
+def refused_or(reply: httpx.Response) -> Refused | None:
+    return Refused(float(reply.headers.get("Retry-After", 1))) if reply.status_code == 503 else None
 
 
 def checked(reply: httpx.Response) -> dict:
@@ -146,6 +174,8 @@ def main() -> None:
     parser.add_argument("--levels", default=",".join(map(str, LEVELS)), help="comma-separated concurrencies")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "serve_bench.json")
     parser.add_argument("--only", nargs="*", default=["intentlm", "vllm", "transformers"])
+    parser.add_argument("--model", type=Path, help="a model directory to serve as it is (default: see above)")
+    parser.add_argument("--serve-arg", action="append", default=[], help="a flag for intentlm serve (repeatable)")
     args = parser.parse_args()
     levels = [int(level) for level in args.levels.split(",")]
     if not all(level >= 1 for level in levels) or args.min_requests < 1:
@@ -161,8 +191,12 @@ def main() -> None:
     os.environ["INTENTLM_HOME"] = env["INTENTLM_HOME"]
     texts = [r["instruction"] for r in json.loads((DATA / "smarthome_test.json").read_text())]
     work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
-    model, intents = smarthome_model(work)
-    regex = intent_regex(intents)
+    if args.model is not None:
+        model = args.model.expanduser()
+        card = read_card(model) or ModelCard()
+    else:
+        model, intents = smarthome_model(work)
+        card = ModelCard(system_prompt=SYSTEM_PROMPT, intents=intents)
     python = str(REPO / ".venv" / "bin" / "python")
     results: dict[str, list[dict]] = {}
     rss: dict[str, float] = {}
@@ -186,11 +220,13 @@ def main() -> None:
         auth = {"Authorization": TOKEN}
 
         async def intents_send(client: httpx.AsyncClient, text: str) -> object:
-            return checked(await client.post(f"{url}/v1/intents", json={"text": text}, headers=auth))["raw"]
+            reply = await client.post(f"{url}/v1/intents", json={"text": text}, headers=auth)
+            return refused_or(reply) or checked(reply)["raw"]
 
         async def eas_send(client: httpx.AsyncClient, text: str) -> object:
             body = {"prompt": text, "max_new_tokens": 16}
-            return checked(await client.post(f"{url}/", json=body, headers=auth))["response"]
+            reply = await client.post(f"{url}/", json=body, headers=auth)
+            return refused_or(reply) or checked(reply)["response"]
 
         command = [
             str(REPO / ".venv" / "bin" / "intentlm"),
@@ -201,6 +237,7 @@ def main() -> None:
             str(port),
             "--api-token",
             TOKEN,
+            *args.serve_arg,
         ]
         run(
             "intentlm",
@@ -217,7 +254,8 @@ def main() -> None:
         url = f"http://127.0.0.1:{port}"
 
         async def vllm_send(client: httpx.AsyncClient, text: str) -> object:
-            prompt = build_prompt(text, system_prompt=SYSTEM_PROMPT, tokenizer=tokenizer)
+            prompt = build_prompt(text, system_prompt=card.system_prompt, tokenizer=tokenizer)
+            regex = decoding_regex(card.intents, text if card.args_from_text else None)
             body = {
                 "model": "m",
                 "prompt": prompt,
@@ -271,6 +309,7 @@ def main() -> None:
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.processor() or platform.machine()}, {psutil.cpu_count()} CPUs, "
         f"{psutil.virtual_memory().total / 2**30:.0f} GiB",
+        "cpu_flags": " ".join(sorted(f for f in cpu_flags() if f.startswith(("avx", "amx")))),
         "command": " ".join(sys.argv),
         "results": results,
         "rss_mib": rss,
@@ -281,12 +320,17 @@ def main() -> None:
 
 
 def markdown(report: dict) -> str:
-    lines = ["| server | concurrency | requests | p50 ms | p99 ms | req/s |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"{report['machine']}; CPU flags: {report['cpu_flags']}",
+        "",
+        "| server | concurrency | requests | refused | p50 ms | p99 ms | req/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, levels in report["results"].items():
         for level in levels:
             lines.append(
-                f"| {name} | {level['concurrency']} | {level['requests']} | {level['p50_ms']:.0f} | "
-                f"{level['p99_ms']:.0f} | {level['req_per_s']:.2f} |"
+                f"| {name} | {level['concurrency']} | {level['requests']} | {level['refused']} | "
+                f"{level['p50_ms']:.0f} | {level['p99_ms']:.0f} | {level['req_per_s']:.2f} |"
             )
     lines.append("")
     lines.append("RSS (MiB, process tree): " + ", ".join(f"{k} {v:.0f}" for k, v in report["rss_mib"].items()))
