@@ -67,7 +67,7 @@ def model_card(model_dir: str | os.PathLike[str]) -> ModelCard:
     return card
 
 
-def load_llm(model_dir: str | os.PathLike[str], dtype: Dtype = "auto") -> LLM:
+def load_llm(model_dir: str | os.PathLike[str], settings: EngineSettings) -> LLM:
     """vLLM's offline engine with the server's engine arguments (``service.config.EngineSettings``).
 
     The engine runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0`` unless the caller set it):
@@ -78,7 +78,7 @@ def load_llm(model_dir: str | os.PathLike[str], dtype: Dtype = "auto") -> LLM:
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     from vllm import LLM
 
-    return LLM(**EngineSettings(dtype=dtype).engine_args(Path(model_dir)))
+    return LLM(**settings.engine_args(Path(model_dir)))
 
 
 def predict_with_model(
@@ -92,7 +92,6 @@ def predict_with_model(
     args_from_text: bool | None = None,
     oos_rule: OutOfScopeRule | None = None,
     oos_label: str = DEFAULT_OOS_LABEL,
-    llm: LLM | None = None,
     progress: bool = True,
     dtype: Dtype = "auto",
 ) -> list[Prediction]:
@@ -103,7 +102,6 @@ def predict_with_model(
     (with a warning: the evaluator passes the data's). ``system_prompt`` and ``args_from_text``
     (None: the card's) override the card's; so does ``oos_rule`` (None: the card's calibrated
     thresholds). Each answer's typicality is scored when the model has statistics (service.typicality).
-    Pass ``llm`` to reuse a loaded engine (it must hold ``model_dir``).
     """
     from vllm.inputs import TokensPrompt
 
@@ -123,14 +121,16 @@ def predict_with_model(
     if args_from_text is not None:
         overrides["args_from_text"] = args_from_text
     card = card.model_copy(update=overrides)
-    llm = llm if llm is not None else load_llm(model_dir, dtype)
+    settings = EngineSettings(dtype=dtype)
+    llm = load_llm(model_dir, settings)
     predictor = Predictor(
         card,
         llm.get_tokenizer(),
         max_model_len=llm.llm_engine.model_config.max_model_len,
         oos_rule=oos_rule,
         oos_label=oos_label,
-        typicality=typicality_scorer(model_dir, dtype),
+        # where vLLM does not score typicality in its own pass, a second pass does
+        typicality=None if settings.single_pass_typicality(Path(model_dir)) else typicality_scorer(model_dir, dtype),
     )
     try:
         prompts = [predictor.prompt_ids(text, field=f"instruction {i + 1}") for i, text in enumerate(instructions)]
@@ -138,13 +138,11 @@ def predict_with_model(
         raise RunnerError(f"{exc.field}: {exc.message}") from None
     params = [predictor.sampling_params(text, constrained=constrained) for text in instructions]
     outputs = llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompts], params, use_tqdm=progress)
-    typicality: Sequence[float | None] = [None] * len(prompts)
+    decoded = [Decoded.from_output(out) for out in outputs]
+    typicality = [d.typicality for d in decoded]
     if predictor.typicality is not None:
         typicality = predictor.typicality.score_all(prompts, progress=progress).tolist()
-    answers = [
-        predictor.answer(Decoded.from_completion(out.outputs[0]), t, constrained=constrained)
-        for out, t in zip(outputs, typicality)
-    ]
+    answers = [predictor.answer(d, t, constrained=constrained) for d, t in zip(decoded, typicality)]
     return [Prediction(text=a.text, raw=a.raw, confidence=a.confidence, typicality=a.typicality) for a in answers]
 
 

@@ -41,6 +41,12 @@ class EngineSettings(BaseSettings):
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="GPU only: share of memory vLLM may take.")
     tensor_parallel_size: int = Field(1, ge=1, description="GPU only: shard the model over this many GPUs (vLLM).")
     max_in_flight: int = Field(64, ge=1, description="Requests generating at once: vLLM's max_num_seqs.")
+    typicality: bool = Field(
+        True,
+        description="Score typicality when the model directory has typicality.npz. vLLM scores it in its own "
+        "forward pass (service/vllm_states.py) where the engine runs eagerly on one worker; elsewhere a second "
+        "copy of the model (transformers) runs a second forward pass of each prompt.",
+    )
     cpu_kvcache_gib: int = Field(
         1, ge=1, description="CPU only: the KV cache vLLM reserves, in GiB (VLLM_CPU_KVCACHE_SPACE, when unset)."
     )
@@ -53,6 +59,17 @@ class EngineSettings(BaseSettings):
         "(VLLM_CPU_NUM_OF_RESERVED_CPU, when unset).",
     )
 
+    def single_pass_typicality(self, model_dir: Path) -> dict[str, Any]:
+        """The engine arguments with which vLLM scores typicality in its own forward pass (service.vllm_states), or
+        {} where it does not (typicality off, no statistics, graph capture, several workers, another architecture)."""
+        if not self.typicality:
+            return {}
+        from service.vllm_states import single_pass_overrides
+
+        return single_pass_overrides(
+            model_dir, enforce_eager=self.enforce_eager, tensor_parallel_size=self.tensor_parallel_size
+        )
+
     def engine_args(self, model_dir: Path) -> dict[str, Any]:
         """The keyword arguments of vLLM's ``EngineArgs`` (and so of ``AsyncEngineArgs`` and ``LLM``).
 
@@ -61,6 +78,7 @@ class EngineSettings(BaseSettings):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.cpu_kvcache_gib))
         os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", str(self.cpu_reserved_cores))
         return {
+            **self.single_pass_typicality(model_dir),
             "model": str(model_dir),
             "max_model_len": self.max_model_len,
             "max_num_seqs": self.max_in_flight,
@@ -116,12 +134,6 @@ class Settings(EngineSettings):
         description="Below this typicality (how close the prompt's hidden state is to the training requests of "
         "its nearest intent) the answer is out-of-scope; unset: the model card's (set by training, refined by "
         "`intentlm eval --calibrate`), else 0 = off.",
-    )
-    typicality: bool = Field(
-        True,
-        description="Score typicality when the model directory has typicality.npz. It loads a second copy "
-        "of the model (transformers) for one forward pass of each prompt: the model's size again in memory, and "
-        "on a 2-core CPU ~40 % more latency and half the throughput (BENCHMARKS.md, Typicality).",
     )
 
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")

@@ -78,8 +78,12 @@ class IntentEngine:
         if card is None:
             log.warning("%s has no intentlm.json: default system prompt, any intent name", model_dir)
             card = ModelCard()
-        llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**settings.engine_args(model_dir)))
-        scorer = await asyncio.to_thread(server_typicality, settings, model_dir)  # a model load: off the event loop
+        args = settings.engine_args(model_dir)
+        llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
+        scorer = None
+        if not settings.single_pass_typicality(model_dir):  # a second pass: a model load, off the event loop
+            scorer = await asyncio.to_thread(server_typicality, settings, model_dir)
+        log.info("typicality: %s", typicality_source(settings, model_dir, scorer))
         predictor = Predictor(
             card,
             llm.get_tokenizer(),
@@ -112,10 +116,9 @@ class IntentEngine:
         from vllm.inputs import TokensPrompt
 
         async for out in self.llm.generate(TokensPrompt(prompt_token_ids=prompt_ids), params, uuid.uuid4().hex):
-            completion = out.outputs[0]
             first_token_s = out.metrics.first_token_latency if out.metrics is not None else None
             update = Generation(
-                decoded=Decoded.from_completion(completion),
+                decoded=Decoded.from_output(out),
                 prompt_tokens=len(prompt_ids),
                 finished=out.finished,
                 first_token_s=first_token_s or None,
@@ -188,10 +191,15 @@ class IntentEngine:
     async def _label(
         self, ids: list[int], params: SamplingParams, constrained: bool, route: str, start: float
     ) -> IntentPrediction:
-        """Decode one prompt and answer it; the typicality forward pass runs beside the generation, not after it."""
-        generation, typicality = await asyncio.gather(
-            self._final(ids, params, route=route), _typicality_of(self.predictor.typicality, ids)
-        )
+        """Decode one prompt and answer it, with vLLM's typicality or, where a second pass scores it, that pass's,
+        which runs beside the generation, not after it."""
+        if self.predictor.typicality is None:
+            generation = await self._final(ids, params, route=route)
+            typicality = generation.decoded.typicality
+        else:
+            generation, typicality = await asyncio.gather(
+                self._final(ids, params, route=route), _typicality_of(self.predictor.typicality, ids)
+            )
         answer = self.predictor.answer(generation.decoded, typicality, constrained=constrained)
         if answer.malformed:
             metrics.MALFORMED.labels(route).inc()
@@ -219,6 +227,15 @@ async def _typicality_of(scorer: TypicalityScorer | None, ids: list[int]) -> flo
     except Exception:
         log.exception("the typicality pass failed; replying without typicality")
         return None
+
+
+def typicality_source(settings: Settings, model_dir: Path, scorer: TypicalityScorer | None) -> str:
+    """Where the served answers' typicality comes from (logged at start)."""
+    if scorer is not None:
+        return "a second forward pass (transformers)"
+    if settings.single_pass_typicality(model_dir):
+        return "vLLM's own forward pass"
+    return "none (turned off, or the model has no typicality.npz)"
 
 
 def server_typicality(settings: Settings, model_dir: Path) -> TypicalityScorer | None:

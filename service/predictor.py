@@ -32,19 +32,25 @@ INTENT_MAX_TOKENS = 64  # the reference script's max_new_tokens: the answer budg
 
 @dataclass(frozen=True)
 class Decoded:
-    """What an engine decoded for one prompt: the text, its tokens and each token's log-probability."""
+    """What an engine decoded for one prompt: the text, its tokens, each token's log-probability, and the prompt's
+    typicality when the engine scored it in its own pass (service.vllm_states)."""
 
     text: str
     token_ids: Sequence[int]
     logprobs: Sequence[float]
     finish_reason: str | None
+    typicality: float | None = None
 
     @classmethod
-    def from_completion(cls, completion: Any) -> Decoded:
-        """From a vLLM ``CompletionOutput`` (whose logprobs hold the sampled token's entry at each step)."""
+    def from_output(cls, output: Any) -> Decoded:
+        """From a vLLM ``RequestOutput`` (whose logprobs hold the sampled token's entry at each step)."""
+        from service.vllm_states import TYPICALITY_KEY
+
+        completion = output.outputs[0]
         steps = completion.logprobs or []
         logprobs = [step[token].logprob for token, step in zip(completion.token_ids, steps)]
-        return cls(completion.text, list(completion.token_ids), logprobs, completion.finish_reason)
+        typicality = (output.kv_transfer_params or {}).get(TYPICALITY_KEY)
+        return cls(completion.text, list(completion.token_ids), logprobs, completion.finish_reason, typicality)
 
 
 @dataclass(frozen=True)
@@ -79,7 +85,8 @@ class Predictor:
         oos_label: str = DEFAULT_OOS_LABEL,
         typicality: TypicalityScorer | None = None,
     ) -> None:
-        """``oos_rule`` None: the card's calibrated thresholds. ``typicality`` None: no typicality score."""
+        """``oos_rule`` None: the card's calibrated thresholds. ``typicality``: the second-pass scorer, where the
+        engine does not score typicality itself (None: the engine's score, if any, is the answer's)."""
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 

@@ -209,3 +209,27 @@ def test_training_sets_the_threshold_its_cross_fitted_scores_support() -> None:
     statistics = IntentStatistics.fit(states, labels)
     assert typicality_threshold(statistics) == pytest.approx(float(np.sort(statistics.held_out)[1]))
     assert typicality_threshold(IntentStatistics.fit(states[:30], labels[:30])) is None
+
+
+def test_vllm_scores_typicality_in_its_own_pass_as_the_second_pass_does(demo_model: Path) -> None:
+    """service.vllm_states: the state vLLM's forward pass keeps and the connector scores equals the state of the
+    transformers pass (float32, both), on 100 test prompts decoded together."""
+    from conftest import TEST_FILE
+
+    from eval.runner import predict_with_model
+    from service.config import EngineSettings
+    from service.modelcard import read_card
+    from service.predictor import Predictor
+    from service.typicality import typicality_scorer
+
+    assert EngineSettings().single_pass_typicality(demo_model)  # the demo is served so
+    texts = [r["instruction"] for r in json.loads(TEST_FILE.read_text())[:100]]
+    single = [p.typicality for p in predict_with_model(demo_model, texts, dtype="float32", progress=False)]
+    scorer = typicality_scorer(demo_model, "float32")
+    assert scorer is not None
+    from transformers import AutoTokenizer
+
+    predictor = Predictor(read_card(demo_model), AutoTokenizer.from_pretrained(demo_model), max_model_len=2048)
+    two = scorer.score_all([predictor.prompt_ids(t) for t in texts])
+    assert None not in single
+    assert single == pytest.approx(two.tolist(), abs=1e-4)
