@@ -211,6 +211,7 @@ def test_training_sets_the_threshold_its_cross_fitted_scores_support() -> None:
     assert typicality_threshold(IntentStatistics.fit(states[:30], labels[:30])) is None
 
 
+@pytest.mark.engine
 def test_vllm_scores_typicality_in_its_own_pass_as_the_second_pass_does(demo_model: Path) -> None:
     """service.vllm_states: the state vLLM's forward pass keeps and the connector scores equals the state of the
     transformers pass (float32, both), on 100 test prompts decoded together."""
