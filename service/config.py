@@ -47,6 +47,11 @@ class EngineSettings(BaseSettings):
         "forward pass (service/vllm_states.py) where the engine runs eagerly on one worker; elsewhere a second "
         "copy of the model (transformers) runs a second forward pass of each prompt.",
     )
+    jump_forward: bool = Field(
+        True,
+        description="Propose the tokens the intent grammar forces to vLLM as speculative tokens, so that they cost "
+        "no decode step of their own (service/vllm_forced.py); the answers stay greedy decoding's.",
+    )
     cpu_kvcache_gib: int = Field(
         1, ge=1, description="CPU only: the KV cache vLLM reserves, in GiB (VLLM_CPU_KVCACHE_SPACE, when unset)."
     )
@@ -77,8 +82,12 @@ class EngineSettings(BaseSettings):
         reads them from the environment when the engine starts."""
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.cpu_kvcache_gib))
         os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", str(self.cpu_reserved_cores))
+        from service.vllm_forced import speculative_config
+
+        jump_forward = speculative_config(model_dir) if self.jump_forward else None
         return {
             **self.single_pass_typicality(model_dir),
+            **({"speculative_config": jump_forward} if jump_forward else {}),
             "model": str(model_dir),
             "max_model_len": self.max_model_len,
             "max_num_seqs": self.max_in_flight,
