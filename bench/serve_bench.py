@@ -79,8 +79,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(command: list[str], health_url: str, log: Path, env: dict[str, str]) -> subprocess.Popen:
-    process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=REPO, env=env)
+def start(command: list[str], health_url: str, log: Path, env: dict[str, str], cwd: Path = REPO) -> subprocess.Popen:
+    process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=cwd, env=env)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -176,6 +176,12 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=["intentlm", "vllm", "transformers"])
     parser.add_argument("--model", type=Path, help="a model directory to serve as it is (default: see above)")
     parser.add_argument("--serve-arg", action="append", default=[], help="a flag for intentlm serve (repeatable)")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout of the repository (git worktree) whose `intentlm serve` is measured too, as "
+        "(e) before, with this checkout's .venv",
+    )
     args = parser.parse_args()
     levels = [int(level) for level in args.levels.split(",")]
     if not all(level >= 1 for level in levels) or args.min_requests < 1:
@@ -198,11 +204,12 @@ def main() -> None:
         model, intents = smarthome_model(work)
         card = ModelCard(system_prompt=SYSTEM_PROMPT, intents=intents)
     python = str(REPO / ".venv" / "bin" / "python")
+    auth = {"Authorization": TOKEN}
     results: dict[str, list[dict]] = {}
     rss: dict[str, float] = {}
 
-    def run(name: str, command: list[str], health: str, sends: dict[str, Callable]) -> None:
-        process = start(command, health, work / f"{name}.log", env)
+    def run(name: str, command: list[str], health: str, sends: dict[str, Callable], cwd: Path = REPO) -> None:
+        process = start(command, health, work / f"{name}.log", env, cwd)
         try:
             for label, send in sends.items():
                 results[label] = [
@@ -217,7 +224,6 @@ def main() -> None:
     if "intentlm" in args.only:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        auth = {"Authorization": TOKEN}
 
         async def intents_send(client: httpx.AsyncClient, text: str) -> object:
             reply = await client.post(f"{url}/v1/intents", json={"text": text}, headers=auth)
@@ -244,6 +250,23 @@ def main() -> None:
             command,
             f"{url}/health/ready",
             {"(a) intentlm /v1/intents": intents_send, "(b) intentlm POST / (EAS)": eas_send},
+        )
+
+    if args.baseline is not None:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+
+        async def baseline_send(client: httpx.AsyncClient, text: str) -> object:
+            reply = await client.post(f"{url}/v1/intents", json={"text": text}, headers=auth)
+            return refused_or(reply) or checked(reply)["raw"]
+
+        command = [python, "-m", "intentlm", "serve", "--model", str(model), "--port", str(port), "--api-token", TOKEN]
+        run(
+            "baseline",
+            command,
+            f"{url}/health/ready",
+            {f"(e) {args.baseline.name} /v1/intents (before)": baseline_send},
+            cwd=args.baseline.resolve(),
         )
 
     if "vllm" in args.only:
