@@ -90,5 +90,7 @@ def run_server(settings: Any, model_dir: Path) -> int:
     )
     server = DrainingServer(config)
     app.state.on_fatal = lambda: setattr(server, "should_exit", True)
-    server.run()
+    # Bound before the engine loads: a port in use fails at once, and none of the ports vLLM's processes open for
+    # their own messages while it loads can be the one this server was told to listen on.
+    server.run(sockets=[config.bind_socket()])
     return 1 if app.state.load_error is not None or app.state.engine_error is not None else 0

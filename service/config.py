@@ -24,6 +24,9 @@ class ModelNotFoundError(IntentlmError, RuntimeError):
     """No model directory was given and no prepared one exists."""
 
 
+CPU_BLOCK_SIZE = 32  # tokens per KV block on the CPU: the smallest multiple of 32 its attention kernel takes
+
+
 class EngineSettings(BaseSettings):
     """The vLLM engine's arguments, read by the online engine (``intentlm serve``) and the offline one (``intentlm
     eval --model``, pre-labelling, training's end-of-run scoring) alike, so both decode the same way."""
@@ -47,10 +50,12 @@ class EngineSettings(BaseSettings):
         "forward pass (service/vllm_states.py) where the engine runs eagerly on one worker; elsewhere a second "
         "copy of the model (transformers) runs a second forward pass of each prompt.",
     )
-    jump_forward: bool = Field(
-        True,
+    jump_forward: Literal["auto", "on", "off"] = Field(
+        "auto",
         description="Propose the tokens the intent grammar forces to vLLM as speculative tokens, so that they cost "
-        "no decode step of their own (service/vllm_forced.py); the answers stay greedy decoding's.",
+        "no decode step of their own (service/vllm_forced.py); answers stay greedy decoding's. auto: on where vLLM "
+        "can sample beside the proposals (Triton: CUDA), off on a CPU without triton-cpu, where on makes POST / "
+        "refuse sampling (temperature > 0 with top_k other than 1) with 422.",
     )
     cpu_kvcache_gib: int = Field(
         1, ge=1, description="CPU only: the KV cache vLLM reserves, in GiB (VLLM_CPU_KVCACHE_SPACE, when unset)."
@@ -75,6 +80,12 @@ class EngineSettings(BaseSettings):
             model_dir, enforce_eager=self.enforce_eager, tensor_parallel_size=self.tensor_parallel_size
         )
 
+    def jump_forward_on(self) -> bool:
+        """``jump_forward`` resolved: auto is on where vLLM samples beside speculative tokens."""
+        from service.vllm_forced import samples_beside_proposals
+
+        return self.jump_forward == "on" or (self.jump_forward == "auto" and samples_beside_proposals())
+
     def engine_args(self, model_dir: Path) -> dict[str, Any]:
         """The keyword arguments of vLLM's ``EngineArgs`` (and so of ``AsyncEngineArgs`` and ``LLM``).
 
@@ -82,10 +93,16 @@ class EngineSettings(BaseSettings):
         reads them from the environment when the engine starts."""
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.cpu_kvcache_gib))
         os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", str(self.cpu_reserved_cores))
+        from vllm.platforms import current_platform
+
         from service.vllm_forced import speculative_config
 
-        jump_forward = speculative_config(model_dir) if self.jump_forward else None
+        jump_forward = speculative_config(model_dir) if self.jump_forward_on() else None
+        # Prefix caching reuses whole KV blocks: vLLM's CPU default of 128 tokens caches nothing of a system turn
+        # shorter than that, so the CPU gets its kernel's smallest block (GPUs keep their default of 16).
+        blocks = {"block_size": CPU_BLOCK_SIZE} if current_platform.is_cpu() else {}
         return {
+            **blocks,
             **self.single_pass_typicality(model_dir),
             **({"speculative_config": jump_forward} if jump_forward else {}),
             "model": str(model_dir),

@@ -21,10 +21,12 @@ from typing import TYPE_CHECKING, Any
 from service import metrics
 from service.admission import Admission
 from service.config import Settings
+from service.errors import ServiceError
 from service.modelcard import ModelCard, read_card
 from service.predictor import Decoded, Predictor
 from service.protocol import EasRequest, IntentCall, IntentPrediction
 from service.typicality import TypicalityScorer, typicality_scorer
+from service.vllm_forced import samples_beside_proposals
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
@@ -46,13 +48,17 @@ class Generation:
 class IntentEngine:
     """One served model: its predictor (service.predictor) over the vLLM engine, and the admission bound."""
 
-    def __init__(self, llm: AsyncLLM, settings: Settings, model_dir: Path, predictor: Predictor) -> None:
+    def __init__(
+        self, llm: AsyncLLM, settings: Settings, model_dir: Path, predictor: Predictor, *, greedy_only: bool = False
+    ) -> None:
+        """``greedy_only``: the engine cannot sample beside jump-forward proposals (``samples_beside_proposals``)."""
         from vllm.sampling_params import RequestOutputKind
 
         self.llm = llm
         self.settings = settings
         self.model_dir = model_dir
         self.predictor = predictor
+        self.greedy_only = greedy_only
         self.card = predictor.card
         self.tokenizer: Any = predictor.tokenizer
         self.admission = Admission(settings.max_in_flight, settings.max_queued, settings.admission_deadline)
@@ -93,7 +99,8 @@ class IntentEngine:
             oos_label=settings.oos_label,
             typicality=scorer,
         )
-        engine = cls(llm, settings, model_dir, predictor)
+        greedy_only = "speculative_config" in args and not samples_beside_proposals()
+        engine = cls(llm, settings, model_dir, predictor, greedy_only=greedy_only)
         await engine.predict("hello", route="warmup")
         return engine
 
@@ -138,16 +145,26 @@ class IntentEngine:
         return last
 
     def chat_params(self, request: EasRequest, prompt_ids: Sequence[int]) -> SamplingParams:
-        """Free-form sampling for ``POST /``; temperature 0 is greedy (top_k/top_p then irrelevant)."""
+        """Free-form sampling for ``POST /``; temperature 0 or top_k 1 (the reference client's default) is greedy:
+        the most likely token whatever the temperature, so vLLM decodes it as greedy."""
         from vllm import SamplingParams
 
+        greedy = request.temperature == 0 or request.top_k == 1
+        if not greedy and self.greedy_only:
+            raise ServiceError(
+                422,
+                "sampling_unavailable",
+                "this server decodes greedily only (jump-forward decoding on a CPU whose vLLM cannot sample beside "
+                "speculative tokens): send temperature 0 or top_k 1, or start it with --no-jump-forward",
+                field="temperature",
+            )
         # top_k at or above the vocabulary (or -1) means every token: vLLM's 0. Passing a huge value
         # through would overflow the engine's request serialisation (a 500 found by tests/test_hostile.py).
         all_tokens = request.top_k == -1 or request.top_k >= len(self.tokenizer)
         return SamplingParams(
-            temperature=request.temperature,
-            top_k=0 if request.temperature == 0 or all_tokens else request.top_k,
-            top_p=request.top_p if request.temperature > 0 else 1.0,
+            temperature=0.0 if greedy else request.temperature,
+            top_k=0 if greedy or all_tokens else request.top_k,
+            top_p=1.0 if greedy else request.top_p,
             max_tokens=self._room(prompt_ids, request.max_new_tokens),
             stop_token_ids=self.predictor.stop_ids,
             output_kind=self._kinds.CUMULATIVE if request.use_stream_chat else self._kinds.FINAL_ONLY,

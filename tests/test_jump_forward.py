@@ -22,10 +22,11 @@ pytestmark = pytest.mark.engine
 def test_forced_tokens_proposed_to_vllm_leave_greedy_answers_unchanged(
     demo_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("INTENTLM_JUMP_FORWARD", "on")
     assert EngineSettings().engine_args(demo_model)["speculative_config"]["method"] == "custom_class"
     texts = [r["instruction"] for r in json.loads(TEST_FILE.read_text())]
     jumped = predict_with_model(demo_model, texts, progress=False, dtype="float32")
-    monkeypatch.setenv("INTENTLM_JUMP_FORWARD", "false")
+    monkeypatch.setenv("INTENTLM_JUMP_FORWARD", "off")
     assert "speculative_config" not in EngineSettings().engine_args(demo_model)
     plain = predict_with_model(demo_model, texts, progress=False, dtype="float32")
     assert [p.raw for p in jumped] == [p.raw for p in plain]

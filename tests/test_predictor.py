@@ -6,6 +6,7 @@ tested in test_server.py and test_eval_engine.py (the server and ``intentlm eval
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -81,3 +82,28 @@ def test_the_out_of_scope_rule_rejects_by_its_first_failing_score_and_never_an_u
     assert unsure.answer(decoded([0, 1]), typicality=0.1).rejection is None  # does not parse: nothing to reject
     atypical = predictor().answer(decoded([7, 8]), typicality=0.1)
     assert atypical.rejection is None  # this rule has no typicality threshold
+
+
+class SizedTokenizer(PieceTokenizer):
+    def __len__(self) -> int:
+        return len(PIECES)
+
+
+def test_a_greedy_only_engine_refuses_sampling_and_decodes_top_k_1_greedily() -> None:
+    """``jump_forward`` on where vLLM cannot sample beside speculative tokens (service.vllm_forced): POST / refuses
+    sampling with 422 naming the field; top_k 1 is the most likely token whatever the temperature, so greedy."""
+    from service.config import Settings
+    from service.engine import IntentEngine
+    from service.errors import ServiceError
+    from service.protocol import EasRequest
+
+    card_predictor = Predictor(ModelCard(intents=["iot"]), SizedTokenizer(), max_model_len=64)
+    engine = IntentEngine(None, Settings(), Path("m"), card_predictor, greedy_only=True)  # type: ignore[arg-type]
+    greedy = engine.chat_params(EasRequest(prompt="hi", temperature=0.95, top_k=1), [1, 2])
+    assert (greedy.temperature, greedy.top_k, greedy.top_p) == (0.0, 0, 1.0)
+    with pytest.raises(ServiceError) as refused:
+        engine.chat_params(EasRequest(prompt="hi", temperature=0.9, top_k=40), [1, 2])
+    assert refused.value.status == 422 and refused.value.code == "sampling_unavailable"
+    sampling = IntentEngine(None, Settings(), Path("m"), card_predictor)  # type: ignore[arg-type]
+    params = sampling.chat_params(EasRequest(prompt="hi", temperature=0.9, top_k=5), [1, 2])
+    assert (params.temperature, params.top_k) == (0.9, 5)

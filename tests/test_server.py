@@ -184,6 +184,19 @@ def test_metrics_cover_the_design_list(client, live_server) -> None:
     assert "intentlm_malformed_outputs_total" in text or "intentlm_predicted_intents_total" in text
     assert metric(text, "intentlm_model_info", name=live_server.model_dir.name) == 1
     assert re.search(r"^vllm:num_requests_running\{", text, re.M)  # vLLM's own engine metrics
+    # every request shares the system prompt's turn (over 32 tokens here): its KV blocks come from the prefix cache
+    assert metric(text, "vllm:prefix_cache_hits_total") > 0
+
+
+def test_sampling_is_served_where_jump_forward_does_not_forbid_it(client) -> None:
+    """The default server samples (``jump_forward`` auto is off where vLLM cannot sample beside speculative tokens);
+    top_k 1 is greedy whatever the temperature (the reference client's default)."""
+    assert (
+        client.post("/", json={"prompt": "hi", "temperature": 0.95, "top_k": 1, "max_new_tokens": 2}).status_code == 200
+    )
+    assert (
+        client.post("/", json={"prompt": "hi", "temperature": 0.9, "top_k": 40, "max_new_tokens": 2}).status_code == 200
+    )
 
 
 def _running(url: str) -> float:
