@@ -2,7 +2,8 @@
 
 A realistic mix at a fixed concurrency: single and batched ``/v1/intents`` (constrained), free-form
 ``/v1/intents``, and EAS ``POST /`` with and without streaming. It reports requests/s, latency
-percentiles, replies by status, malformed replies (every ``/v1/intents`` answer must parse with
+percentiles of the answered requests, replies by status (a 503 is waited out for its Retry-After, as the
+project's clients do, and timed apart), malformed replies (every ``/v1/intents`` answer must parse with
 ``service.intents.parse`` and name only the model's intents; every stream must be NUL-terminated
 JSON objects) and the server's resident memory over time (VmRSS summed over its process tree).
 
@@ -52,6 +53,7 @@ BATCH_SIZE = 8
 @dataclass
 class Results:
     latencies: list[float] = field(default_factory=list)
+    refusals: list[float] = field(default_factory=list)  # seconds to each 503
     statuses: Counter[str] = field(default_factory=Counter)
     malformed: list[str] = field(default_factory=list)
     kinds: Counter[str] = field(default_factory=Counter)
@@ -76,8 +78,8 @@ def check_intents(answer: Any, known: set[str]) -> str | None:
 
 async def one_request(
     client: httpx.AsyncClient, kind: str, texts: list[str], known: set[str], rng: random.Random
-) -> tuple[str, float, str | None]:
-    """Send one request of ``kind``; returns (status, seconds, malformation)."""
+) -> tuple[str, float, str | None, float]:
+    """Send one request of ``kind``; returns (status, seconds, malformation, Retry-After seconds or 0)."""
     text = rng.choice(texts)
     start = time.perf_counter()
     problem = None
@@ -94,12 +96,12 @@ async def one_request(
                     problem = "stream not NUL-terminated EAS objects"
             except ValueError:
                 problem = "stream part is not JSON"
-        return str(r.status_code), time.perf_counter() - start, problem
+        return str(r.status_code), time.perf_counter() - start, problem, retry_after(r)
     if kind == "eas":
         r = await client.post("/", json={"prompt": text, "max_new_tokens": 16})
         if r.status_code == 200 and set(r.json()) != {"response", "history"}:
             problem = "bad EAS reply"
-        return str(r.status_code), time.perf_counter() - start, problem
+        return str(r.status_code), time.perf_counter() - start, problem, retry_after(r)
     if kind == "batch":
         body: dict[str, Any] = {"texts": [rng.choice(texts) for _ in range(BATCH_SIZE)]}
     else:
@@ -108,7 +110,12 @@ async def one_request(
     if r.status_code == 200 and kind != "free_form":  # free-form answers may name anything, by design
         answers = r.json() if kind == "batch" else [r.json()]
         problem = next((p for p in (check_intents(a, known) for a in answers) if p), None)
-    return str(r.status_code), time.perf_counter() - start, problem
+    return str(r.status_code), time.perf_counter() - start, problem, retry_after(r)
+
+
+def retry_after(reply: httpx.Response) -> float:
+    """The seconds a 503 asks the client to wait (0 for any other reply)."""
+    return float(reply.headers.get("Retry-After", 1)) if reply.status_code == 503 else 0.0
 
 
 async def drive(
@@ -134,13 +141,16 @@ async def drive(
         while time.monotonic() < deadline and next(budget, None) is not None:
             kind = rng.choices(kinds, weights)[0]
             try:
-                status, seconds, problem = await one_request(client, kind, texts, known, rng)
+                status, seconds, problem, wait = await one_request(client, kind, texts, known, rng)
             except httpx.HTTPError as exc:
-                status, seconds, problem = type(exc).__name__, 0.0, None
+                status, seconds, problem, wait = type(exc).__name__, 0.0, None, 0.0
             results.statuses[status] += 1
             results.kinds[kind] += 1
             if status == "200":
                 results.latencies.append(seconds)
+            elif status == "503":  # refused: wait as told, as the project's clients do
+                results.refusals.append(seconds)
+                await asyncio.sleep(min(wait, max(0.0, deadline - time.monotonic())))
             if problem:
                 results.malformed.append(f"{kind}: {problem}")
 
@@ -211,6 +221,7 @@ async def run_level(
         "p50_ms": round(percentile(results.latencies, 50) * 1000, 1),
         "p95_ms": round(percentile(results.latencies, 95) * 1000, 1),
         "p99_ms": round(percentile(results.latencies, 99) * 1000, 1),
+        "refused_p99_ms": round(percentile(results.refusals, 99) * 1000, 1) if results.refusals else None,
         "statuses": dict(results.statuses),
         "errors_5xx": sum(n for s, n in results.statuses.items() if s.startswith("5")),
         "transport_errors": sum(n for s, n in results.statuses.items() if not s.isdigit()),
@@ -262,13 +273,17 @@ def main() -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=1))
-    print("\n| concurrency | req/s | p50 ms | p95 ms | p99 ms | requests | 5xx | malformed | RSS start→end MiB |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    print(
+        "\n| concurrency | req/s | p50 ms | p95 ms | p99 ms | requests | 503 (p99 ms) | other 5xx | malformed "
+        "| RSS start→end MiB |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in report:
         rss = f"{r['rss_mib'][0][1]:.0f} → {r['rss_mib'][-1][1]:.0f}" if r["rss_mib"] else "n/a"
         print(
             f"| {r['concurrency']} | {r['req_per_s']} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | "
-            f"{r['requests']} | {r['errors_5xx']} | {r['malformed']} | {rss} |"
+            f"{r['requests']} | {r['statuses'].get('503', 0)} ({r['refused_p99_ms']}) | "
+            f"{r['errors_5xx'] - r['statuses'].get('503', 0)} | {r['malformed']} | {rss} |"
         )
 
 
