@@ -23,7 +23,6 @@ second pass (``service.typicality.HiddenStates``). ``single_pass_overrides`` say
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,8 +36,6 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
 )
 
 from service.modelcard import STATS_FILE
-
-log = logging.getLogger("intentlm.vllm_states")
 
 TYPICALITY_KEY = "intentlm_typicality"
 # The architectures whose vLLM class keeps prompt states here: those of the base models the docs name.
