@@ -201,37 +201,47 @@ async def _predict_with_url(
         ConnectionError,
         IntentLMError,
         NotFoundError,
-        Retries,
+        OverloadedError,
     )
 
     limit = asyncio.Semaphore(concurrency)
 
+    async def ask(client: AsyncIntentClient, instruction: str) -> Prediction:
+        start = time.perf_counter()
+        if api == "eas":
+            response, _ = await client.chat(
+                instruction, system_prompt=system_prompt, temperature=0.0, top_k=1, max_new_tokens=max_new_tokens
+            )
+            return Prediction(text=response, raw=response, latency_ms=(time.perf_counter() - start) * 1000)
+        reply = await client.predict(
+            instruction, system_prompt=system_prompt, constrained=None if constrained else False
+        )
+        calls = [Call(i.name, tuple(i.args)) for i in reply.intents]
+        return Prediction(
+            text=format_calls(calls) if calls else reply.raw,
+            raw=reply.raw,
+            latency_ms=(time.perf_counter() - start) * 1000,
+            confidence=reply.confidence,
+            typicality=reply.typicality,
+        )
+
     async def one(client: AsyncIntentClient, instruction: str, bar: tqdm) -> Prediction:
+        """One record. A batch job: a server past its admission deadline says when to come back (503, Retry-After),
+        and a record given up on would be lost, so refusals are waited out far longer than the client's own
+        retries would (those stay as they are for failures to connect)."""
         async with limit:
-            start = time.perf_counter()
-            if api == "eas":
-                response, _ = await client.chat(
-                    instruction, system_prompt=system_prompt, temperature=0.0, top_k=1, max_new_tokens=max_new_tokens
-                )
-                prediction = Prediction(text=response, raw=response, latency_ms=(time.perf_counter() - start) * 1000)
-            else:
-                reply = await client.predict(
-                    instruction, system_prompt=system_prompt, constrained=None if constrained else False
-                )
-                calls = [Call(i.name, tuple(i.args)) for i in reply.intents]
-                prediction = Prediction(
-                    text=format_calls(calls) if calls else reply.raw,
-                    raw=reply.raw,
-                    latency_ms=(time.perf_counter() - start) * 1000,
-                    confidence=reply.confidence,
-                    typicality=reply.typicality,
-                )
+            for attempt in range(BATCH_RETRIES + 1):
+                try:
+                    prediction = await ask(client, instruction)
+                    break
+                except OverloadedError as exc:
+                    if attempt == BATCH_RETRIES:
+                        raise
+                    await asyncio.sleep(exc.retry_after or 1.0)
             bar.update()
             return prediction
 
-    # A batch job: a server past its admission deadline says when to come back (503, Retry-After), and a record
-    # given up on would be lost, so it keeps retrying far longer than an interactive caller would.
-    async with AsyncIntentClient(url, token=token, timeout=timeout, retries=Retries(total=BATCH_RETRIES)) as client:
+    async with AsyncIntentClient(url, token=token, timeout=timeout) as client:
         with tqdm(total=len(instructions), desc="eval", unit="rec", disable=not progress) as bar:
             tasks = [asyncio.ensure_future(one(client, text, bar)) for text in instructions]
             try:

@@ -67,6 +67,28 @@ def test_url_intents_api(data_file: Path, tmp_path: Path) -> None:
 
 
 @respx.mock
+def test_url_run_waits_out_refusals_past_the_clients_own_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server past its admission deadline refuses (503, Retry-After); a batch evaluation comes back when told
+    until the record is answered, beyond the client's three retries, and loses no record."""
+    import asyncio
+
+    real_sleep = asyncio.sleep
+    monkeypatch.setattr(asyncio, "sleep", lambda seconds: real_sleep(0))  # no real waiting in a unit test
+    refusals = iter(range(6))
+
+    def reply(request: httpx.Request) -> httpx.Response:
+        if next(refusals, None) is not None:
+            return httpx.Response(
+                503, json={"error": {"code": "overloaded", "message": "later"}}, headers={"Retry-After": "1"}
+            )
+        return _intents_reply(request)
+
+    respx.post(f"{URL}/v1/intents").mock(side_effect=reply)
+    predictions = predict_with_url(URL, [RECORDS[0]["instruction"]], concurrency=1, progress=False)
+    assert [p.raw for p in predictions] == [RECORDS[0]["output"]]
+
+
+@respx.mock
 def test_url_eas_api_is_greedy_and_scores_the_response_text() -> None:
     route = respx.post(f"{URL}/").mock(
         return_value=httpx.Response(
