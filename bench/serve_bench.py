@@ -165,6 +165,16 @@ def checked(reply: httpx.Response) -> dict:
     return reply.json()
 
 
+def intents_sender(url: str, auth: dict[str, str]) -> Callable[[httpx.AsyncClient, str], object]:
+    """A send of ``POST /v1/intents`` to the server at ``url``: its raw answer, or ``Refused``."""
+
+    async def send(client: httpx.AsyncClient, text: str) -> object:
+        reply = await client.post(f"{url}/v1/intents", json={"text": text}, headers=auth)
+        return refused_or(reply) or checked(reply)["raw"]
+
+    return send
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -225,10 +235,6 @@ def main() -> None:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
 
-        async def intents_send(client: httpx.AsyncClient, text: str) -> object:
-            reply = await client.post(f"{url}/v1/intents", json={"text": text}, headers=auth)
-            return refused_or(reply) or checked(reply)["raw"]
-
         async def eas_send(client: httpx.AsyncClient, text: str) -> object:
             body = {"prompt": text, "max_new_tokens": 16}
             reply = await client.post(f"{url}/", json=body, headers=auth)
@@ -249,23 +255,19 @@ def main() -> None:
             "intentlm",
             command,
             f"{url}/health/ready",
-            {"(a) intentlm /v1/intents": intents_send, "(b) intentlm POST / (EAS)": eas_send},
+            {"(a) intentlm /v1/intents": intents_sender(url, auth), "(b) intentlm POST / (EAS)": eas_send},
         )
 
     if args.baseline is not None:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
 
-        async def baseline_send(client: httpx.AsyncClient, text: str) -> object:
-            reply = await client.post(f"{url}/v1/intents", json={"text": text}, headers=auth)
-            return refused_or(reply) or checked(reply)["raw"]
-
         command = [python, "-m", "intentlm", "serve", "--model", str(model), "--port", str(port), "--api-token", TOKEN]
         run(
             "baseline",
             command,
             f"{url}/health/ready",
-            {f"(e) {args.baseline.name} /v1/intents (before)": baseline_send},
+            {f"(e) {args.baseline.name} /v1/intents (before)": intents_sender(url, auth)},
             cwd=args.baseline.resolve(),
         )
 

@@ -319,8 +319,6 @@ def _predict(
                 system_prompt=system_prompt,
                 concurrency=concurrency,
             )
-        # vLLM on CPU reserves this many GiB of KV cache; 1 is plenty for intent prompts.
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         return predict_with_model(
             model_dir,

@@ -86,10 +86,11 @@ class IntentEngine:
             card = ModelCard()
         args = settings.engine_args(model_dir)
         llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
+        single_pass = bool(settings.single_pass_typicality(model_dir))
         scorer = None
-        if not settings.single_pass_typicality(model_dir):  # a second pass: a model load, off the event loop
+        if not single_pass:  # a second pass: a model load, off the event loop
             scorer = await asyncio.to_thread(server_typicality, settings, model_dir)
-        log.info("typicality: %s", typicality_source(settings, model_dir, scorer))
+        log.info("typicality: %s", typicality_source(single_pass, scorer))
         predictor = Predictor(
             card,
             llm.get_tokenizer(),
@@ -246,11 +247,11 @@ async def _typicality_of(scorer: TypicalityScorer | None, ids: list[int]) -> flo
         return None
 
 
-def typicality_source(settings: Settings, model_dir: Path, scorer: TypicalityScorer | None) -> str:
+def typicality_source(single_pass: bool, scorer: TypicalityScorer | None) -> str:
     """Where the served answers' typicality comes from (logged at start)."""
     if scorer is not None:
         return "a second forward pass (transformers)"
-    if settings.single_pass_typicality(model_dir):
+    if single_pass:
         return "vLLM's own forward pass"
     return "none (turned off, or the model has no typicality.npz)"
 

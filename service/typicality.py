@@ -227,7 +227,7 @@ class TypicalityScorer:
         while self._waiting:
             batch, self._waiting = self._waiting, []
             try:
-                values = await loop.run_in_executor(self._executor, self._score, [ids for ids, _ in batch])
+                values = await loop.run_in_executor(self._executor, self.score_all, [ids for ids, _ in batch])
             except Exception as exc:  # every waiter gets the error; the next batch tries again
                 for _, future in batch:
                     if not future.done():
@@ -240,9 +240,6 @@ class TypicalityScorer:
     def score_all(self, prompts: Sequence[Sequence[int]], *, progress: bool = False) -> np.ndarray:
         """The typicality of each prompt, in order, in batches (``progress``: show a bar)."""
         return self.statistics.typicality(self.states(prompts, progress=progress))
-
-    def _score(self, prompts: list[Sequence[int]]) -> np.ndarray:
-        return self.statistics.typicality(self.states(prompts))
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

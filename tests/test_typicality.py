@@ -76,7 +76,7 @@ class FakeStates:
         self.batches: list[int] = []
         self.fail = fail
 
-    def __call__(self, prompts: list[list[int]]) -> np.ndarray:
+    def __call__(self, prompts: list[list[int]], *, progress: bool = False) -> np.ndarray:
         self.batches.append(len(prompts))
         if self.fail:
             raise RuntimeError("out of memory")
