@@ -8,34 +8,35 @@ with IntentClient("http://127.0.0.1:8000") as client:
 from clients.client import AsyncIntentClient, IntentClient, Retries
 from clients.errors import (
     AuthError,
-    ConnectionError,
+    IntentLMConnectionError,
     IntentLMError,
+    IntentLMTimeoutError,
     NotFoundError,
     OverloadedError,
     PayloadTooLargeError,
     ResponseError,
     ServerError,
-    TimeoutError,
     ValidationError,
 )
-from clients.models import ChatReply, History, Intent, Prediction
+from clients.models import ChatReply, History, Intent, Prediction, RankedIntent
 
 __all__ = [
     "AsyncIntentClient",
     "AuthError",
     "ChatReply",
-    "ConnectionError",
     "History",
     "Intent",
     "IntentClient",
+    "IntentLMConnectionError",
     "IntentLMError",
+    "IntentLMTimeoutError",
     "NotFoundError",
     "OverloadedError",
     "PayloadTooLargeError",
     "Prediction",
+    "RankedIntent",
     "ResponseError",
     "Retries",
     "ServerError",
-    "TimeoutError",
     "ValidationError",
 ]

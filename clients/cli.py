@@ -26,13 +26,8 @@ from typing import TextIO
 
 import click
 
-from clients.client import DEFAULT_URL, TOKEN_ENV, URL_ENV, IntentClient, Retries
-from clients.errors import (
-    AuthError,
-    ConnectionError,
-    IntentLMError,
-    PayloadTooLargeError,
-)
+from clients.client import DEFAULT_URL, MAX_BATCH, TOKEN_ENV, URL_ENV, IntentClient, Retries
+from clients.errors import AuthError, IntentLMConnectionError, IntentLMError, PayloadTooLargeError
 from clients.models import History
 
 
@@ -52,7 +47,7 @@ from clients.models import History
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the whole reply as JSON.")
 @click.option(
-    "--batch-size", type=click.IntRange(1, 64), default=32, show_default=True, help="[ask -] Lines per request."
+    "--batch-size", type=click.IntRange(1, MAX_BATCH), default=32, show_default=True, help="[ask -] Lines per request."
 )
 @click.option("--url", envvar=URL_ENV, default=DEFAULT_URL, show_default=True, show_envvar=True, help="Service URL.")
 @click.option("--token", envvar=TOKEN_ENV, show_envvar=True, help="API token (sent as the Authorization header).")
@@ -213,6 +208,6 @@ def _explain(error: IntentLMError, url: str) -> str:
     """The error with the one hint that fixes the usual cause."""
     if isinstance(error, AuthError):
         return f"{error} — pass --token or set {TOKEN_ENV}"
-    if isinstance(error, ConnectionError):
+    if isinstance(error, IntentLMConnectionError):
         return f"cannot reach {url}: {error.message} — is `intentlm serve` running there? (--url or {URL_ENV})"
     return str(error)

@@ -8,6 +8,10 @@ Retries: only failures where the server provably did not act on the request are 
 not be connected to, or it answered 429/503 (queue full, engine not ready) — so a retry never runs
 a request twice and is safe for any use; ``retries=0`` turns them off. A timeout while waiting for
 the answer is not retried: the server may still be generating it.
+
+A caller's own httpx client (``http_client=``) is used as configured: every request carries its full
+URL and the token as a per-request header, so its base URL, headers, timeout and transport stay
+the caller's, and so does closing it.
 """
 
 from __future__ import annotations
@@ -16,21 +20,21 @@ import asyncio
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 from pydantic import BaseModel, TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 
 from clients.errors import (
-    ConnectionError,
+    IntentLMConnectionError,
     IntentLMError,
+    IntentLMTimeoutError,
     OverloadedError,
     ResponseError,
-    TimeoutError,
     error_from_body,
     error_from_response,
 )
@@ -44,12 +48,14 @@ from clients.models import (
     Prediction,
 )
 
-_HTTP = TypeVar("_HTTP", httpx.Client, httpx.AsyncClient)  # the sync or the async twin's transport
-
 DEFAULT_URL = "http://127.0.0.1:8000"
 URL_ENV = "INTENTLM_URL"
 TOKEN_ENV = "INTENTLM_API_TOKEN"
 STREAM_DELIMITER = b"\0"
+MAX_BATCH = 64
+"""Texts per request that an intentlm server accepts (``service.protocol.MAX_BATCH``, copied: ``clients``
+imports nothing of the service). ``predict_batch`` splits longer lists into requests of this size."""
+USER_AGENT = "intentlm-client"
 
 _PREDICTIONS = TypeAdapter(list[Prediction])
 
@@ -81,7 +87,7 @@ def _retryable(error: IntentLMError) -> bool:
     if isinstance(error, OverloadedError):
         return True
     # Only failures to connect: once the request was sent, the server may be working on it.
-    return isinstance(error, ConnectionError) and isinstance(
+    return isinstance(error, IntentLMConnectionError) and isinstance(
         error.__cause__, (httpx.ConnectError, httpx.ConnectTimeout)
     )
 
@@ -89,8 +95,8 @@ def _retryable(error: IntentLMError) -> bool:
 def _transport_error(exc: httpx.TransportError) -> IntentLMError:
     """The client error for an httpx failure (raised ``from`` it, which ``_retryable`` reads)."""
     if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
-        return TimeoutError(f"no answer in time ({type(exc).__name__})", code="client_timeout")
-    return ConnectionError(f"{type(exc).__name__}: {exc}", code="connection_error")
+        return IntentLMTimeoutError(f"no answer in time ({type(exc).__name__})", code="client_timeout")
+    return IntentLMConnectionError(f"{type(exc).__name__}: {exc}", code="connection_error")
 
 
 class _NulSplitter:
@@ -112,29 +118,25 @@ class _NulSplitter:
 class _BaseClient:
     """What both twins share: configuration, request bodies, reply parsing, error mapping."""
 
-    def __init__(
-        self,
-        base_url: str | None,
-        token: str | None,
-        timeout: float | httpx.Timeout | None,
-        retries: int | Retries,
-    ) -> None:
+    _http: httpx.Client | httpx.AsyncClient
+
+    def __init__(self, base_url: str | None, token: str | None, retries: int | Retries, max_batch: int) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, not {max_batch}")
         self.base_url = (base_url or os.environ.get(URL_ENV) or DEFAULT_URL).rstrip("/")
         self.token = token if token is not None else os.environ.get(TOKEN_ENV) or None
-        self.timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
         self.retries = retries if isinstance(retries, Retries) else Retries(total=retries)
+        self.max_batch = max_batch
 
-    def _http_client(self, given: _HTTP | None, factory: Callable[..., _HTTP]) -> _HTTP:
-        """The httpx client to send with: a new one, or the caller's set to this URL, timeout and token."""
-        headers = {"User-Agent": "intentlm-client"}
-        if self.token:
-            # The raw token, as EAS clients send it; an intentlm server also accepts "Bearer <token>".
-            headers["Authorization"] = self.token
-        if given is None:
-            return factory(base_url=self.base_url + "/", headers=headers, timeout=self.timeout)
-        given.base_url, given.timeout = self.base_url + "/", self.timeout
-        given.headers.update(headers)
-        return given
+    def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> httpx.Request:
+        """A request for ``path`` below the base URL, carrying the token itself: a caller's httpx client is
+        used as it is, with nothing of ours set on it."""
+        # The raw token, as EAS clients send it; an intentlm server also accepts "Bearer <token>".
+        headers = {"Authorization": self.token} if self.token else None
+        return self._http.build_request(method, f"{self.base_url}/{path}", json=body, headers=headers)
+
+    def _chunks(self, texts: list[str]) -> list[list[str]]:
+        return [texts[start : start + self.max_batch] for start in range(0, len(texts), self.max_batch)]
 
     @staticmethod
     def _predict_body(text: str, **fields: Any) -> dict[str, Any]:
@@ -148,6 +150,18 @@ class _BaseClient:
     def _chat_body(prompt: str, history: History | None, stream: bool, **fields: Any) -> dict[str, Any]:
         request = ChatRequest(prompt=prompt, history=history or [], use_stream_chat=stream, **fields)
         return request.model_dump(mode="json", exclude_none=True)
+
+    @classmethod
+    def _parse_batch(cls, response: httpx.Response, texts: list[str]) -> list[Prediction]:
+        """One request's predictions, checked to be one per text: chunks are joined by position."""
+        predictions = cls._parse(response, _PREDICTIONS)
+        if len(predictions) != len(texts):
+            raise ResponseError(
+                f"{len(predictions)} predictions for {len(texts)} texts from {response.request.url}",
+                status_code=response.status_code,
+                code="bad_response",
+            )
+        return predictions
 
     @staticmethod
     def _parse(response: httpx.Response, model: type[BaseModel] | TypeAdapter) -> Any:
@@ -185,7 +199,13 @@ class IntentClient(_BaseClient):
 
     ``base_url`` defaults to ``$INTENTLM_URL`` then ``http://127.0.0.1:8000``; ``token`` to
     ``$INTENTLM_API_TOKEN``. ``timeout`` is in seconds (or an ``httpx.Timeout``); ``retries`` a
-    count or a ``Retries``. Pass ``http_client`` to reuse a configured ``httpx.Client``.
+    count or a ``Retries``; ``max_batch`` the texts per request of ``predict_batch`` (lower it for a
+    server with a lower limit).
+
+    ``http_client`` is a caller's own ``httpx.Client`` (proxies, TLS, a mock transport, shared
+    connections), used as configured: its timeout, headers, base URL and transport are left as they
+    are — ``timeout`` then does not apply — and each request only adds its full URL and the token.
+    The caller closes it; ``close()`` closes only a client this one made.
     """
 
     def __init__(
@@ -195,10 +215,12 @@ class IntentClient(_BaseClient):
         token: str | None = None,
         timeout: float | httpx.Timeout | None = 30.0,
         retries: int | Retries = Retries(),
+        max_batch: int = MAX_BATCH,
         http_client: httpx.Client | None = None,
     ) -> None:
-        super().__init__(base_url, token, timeout, retries)
-        self._http = self._http_client(http_client, httpx.Client)
+        super().__init__(base_url, token, retries, max_batch)
+        self._owns_http = http_client is None
+        self._http = http_client or httpx.Client(headers={"User-Agent": USER_AGENT}, timeout=timeout)
 
     def predict(
         self,
@@ -220,9 +242,17 @@ class IntentClient(_BaseClient):
         system_prompt: str | None = None,
         constrained: bool | None = None,
     ) -> list[Prediction]:
-        """The intents of several utterances in one request, in their order (the server batches them)."""
-        body = self._batch_body(texts, history=history, system_prompt=system_prompt, constrained=constrained)
-        return self._parse(self._post("v1/intents", body), _PREDICTIONS)
+        """The intents of several utterances, in their order (the server batches them).
+
+        A list longer than ``max_batch`` goes as several requests, one after another, so that no
+        request is refused for its size and one call holds at most one request's place in the
+        server's queue; a failed request fails the call.
+        """
+        predictions: list[Prediction] = []
+        for chunk in self._chunks(texts):
+            body = self._batch_body(chunk, history=history, system_prompt=system_prompt, constrained=constrained)
+            predictions += self._parse_batch(self._post("v1/intents", body), chunk)
+        return predictions
 
     def chat(
         self,
@@ -285,12 +315,14 @@ class IntentClient(_BaseClient):
     def ready(self) -> bool:
         """Whether the service is ready to answer (``GET /health/ready`` is 200)."""
         try:
-            return self._http.get("health/ready").status_code == 200
+            return self._http.send(self._request("GET", "health/ready")).status_code == 200
         except httpx.TransportError as exc:
             raise _transport_error(exc) from exc
 
     def close(self) -> None:
-        self._http.close()
+        """Close the connections, unless the httpx client is the caller's."""
+        if self._owns_http:
+            self._http.close()
 
     def __enter__(self) -> IntentClient:
         return self
@@ -306,7 +338,7 @@ class IntentClient(_BaseClient):
     @contextmanager
     def _open(self, method: str, path: str, body: dict[str, Any]) -> Iterator[httpx.Response]:
         """Send with retries; yield the (unread) 2xx response, raise the typed error otherwise."""
-        request = self._http.build_request(method, path, json=body)
+        request = self._request(method, path, body)
         attempt = 0
         while True:
             try:
@@ -331,7 +363,10 @@ class IntentClient(_BaseClient):
 
 
 class AsyncIntentClient(_BaseClient):
-    """The asyncio twin of ``IntentClient``: the same methods, awaited; ``stream`` is an async iterator."""
+    """The asyncio twin of ``IntentClient``: the same arguments and methods, awaited; ``stream`` is an
+    async iterator. A caller's ``http_client`` (an ``httpx.AsyncClient``) is used as configured and
+    left open, as with ``IntentClient``.
+    """
 
     def __init__(
         self,
@@ -340,10 +375,12 @@ class AsyncIntentClient(_BaseClient):
         token: str | None = None,
         timeout: float | httpx.Timeout | None = 30.0,
         retries: int | Retries = Retries(),
+        max_batch: int = MAX_BATCH,
         http_client: httpx.AsyncClient | None = None,
     ) -> None:
-        super().__init__(base_url, token, timeout, retries)
-        self._http = self._http_client(http_client, httpx.AsyncClient)
+        super().__init__(base_url, token, retries, max_batch)
+        self._owns_http = http_client is None
+        self._http = http_client or httpx.AsyncClient(headers={"User-Agent": USER_AGENT}, timeout=timeout)
 
     async def predict(
         self,
@@ -365,9 +402,16 @@ class AsyncIntentClient(_BaseClient):
         system_prompt: str | None = None,
         constrained: bool | None = None,
     ) -> list[Prediction]:
-        """The intents of several utterances in one request, in their order (the server batches them)."""
-        body = self._batch_body(texts, history=history, system_prompt=system_prompt, constrained=constrained)
-        return self._parse(await self._post("v1/intents", body), _PREDICTIONS)
+        """The intents of several utterances, in their order (the server batches them).
+
+        As ``IntentClient.predict_batch``: requests of at most ``max_batch`` texts, one after another;
+        to overlap them, gather several calls.
+        """
+        predictions: list[Prediction] = []
+        for chunk in self._chunks(texts):
+            body = self._batch_body(chunk, history=history, system_prompt=system_prompt, constrained=constrained)
+            predictions += self._parse_batch(await self._post("v1/intents", body), chunk)
+        return predictions
 
     async def chat(
         self,
@@ -430,12 +474,14 @@ class AsyncIntentClient(_BaseClient):
     async def ready(self) -> bool:
         """Whether the service is ready to answer (``GET /health/ready`` is 200)."""
         try:
-            return (await self._http.get("health/ready")).status_code == 200
+            return (await self._http.send(self._request("GET", "health/ready"))).status_code == 200
         except httpx.TransportError as exc:
             raise _transport_error(exc) from exc
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        """Close the connections, unless the httpx client is the caller's."""
+        if self._owns_http:
+            await self._http.aclose()
 
     async def __aenter__(self) -> AsyncIntentClient:
         return self
@@ -451,7 +497,7 @@ class AsyncIntentClient(_BaseClient):
     @asynccontextmanager
     async def _open(self, method: str, path: str, body: dict[str, Any]) -> AsyncIterator[httpx.Response]:
         """Send with retries; yield the (unread) 2xx response, raise the typed error otherwise."""
-        request = self._http.build_request(method, path, json=body)
+        request = self._request(method, path, body)
         attempt = 0
         while True:
             try:

@@ -2,14 +2,13 @@
 
 Every error carries the same four attributes (``status_code``, ``code``, ``message``, ``field``)
 so a caller can log any of them the same way, and a class per thing a caller reacts to
-differently: fix the token, fix the request, wait and retry, or give up. ``TimeoutError`` and
-``ConnectionError`` also derive from the built-ins of the same name, so ``except TimeoutError``
-catches them whether or not the caller imported ours.
+differently: fix the token, fix the request, wait and retry, or give up. The names never shadow
+Python's built-ins (``from clients import *`` leaves ``TimeoutError`` the built-in one), and
+``IntentLMTimeoutError`` and ``IntentLMConnectionError`` derive from the built-ins they stand for,
+so ``except TimeoutError`` catches them whether or not the caller imported ours.
 """
 
 from __future__ import annotations
-
-import builtins
 
 import httpx
 from pydantic import ValidationError as PydanticValidationError
@@ -57,7 +56,7 @@ class OverloadedError(IntentLMError):
         self.retry_after = retry_after
 
 
-class TimeoutError(IntentLMError, builtins.TimeoutError):
+class IntentLMTimeoutError(IntentLMError, TimeoutError):
     """504 from the server, or no answer within the client's timeout (``status_code`` None)."""
 
 
@@ -65,7 +64,7 @@ class ServerError(IntentLMError):
     """Any other 5xx: a fault in the server."""
 
 
-class ConnectionError(IntentLMError, builtins.ConnectionError):
+class IntentLMConnectionError(IntentLMError, ConnectionError):
     """The server could not be reached (after the configured retries)."""
 
 
@@ -81,7 +80,7 @@ _BY_STATUS: dict[int, type[IntentLMError]] = {
     422: ValidationError,
     429: OverloadedError,
     503: OverloadedError,
-    504: TimeoutError,
+    504: IntentLMTimeoutError,
 }
 
 
@@ -112,5 +111,5 @@ def error_from_response(response: httpx.Response) -> IntentLMError:
 def error_from_body(body: ErrorBody) -> IntentLMError:
     """An error object sent inside a stream, after the 200 status line was already sent."""
     detail = body.error
-    cls = TimeoutError if detail.code == "timeout" else ServerError
+    cls = IntentLMTimeoutError if detail.code == "timeout" else ServerError
     return cls(detail.message, code=detail.code, field=detail.field)

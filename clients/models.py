@@ -25,12 +25,21 @@ class Intent(BaseModel):
         return f"{self.name}({','.join(self.args)})"
 
 
+class RankedIntent(BaseModel):
+    """One entry of a prediction's ranking: an intent and its calibrated probability."""
+
+    name: str
+    confidence: float
+
+
 class Prediction(BaseModel):
     """The reply of ``POST /v1/intents`` for one utterance."""
 
     intents: list[Intent]
     raw: str
     confidence: float
+    ranking: list[RankedIntent] = Field(default_factory=list)  # the likeliest intents, most likely first
+    oos_reason: str | None = None  # the score that turned the answer out of scope; None: not rejected
     typicality: float | None = None  # closeness of the prompt's hidden state to training requests; None: not scored
     latency_ms: float
 

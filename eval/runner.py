@@ -198,7 +198,7 @@ async def _predict_with_url(
     from clients import (
         AsyncIntentClient,
         AuthError,
-        ConnectionError,
+        IntentLMConnectionError,
         IntentLMError,
         NotFoundError,
         OverloadedError,
@@ -248,7 +248,7 @@ async def _predict_with_url(
                 return list(await asyncio.gather(*tasks))
             except AuthError as exc:
                 raise RunnerError(f"{url}: {exc} (pass --token or set INTENTLM_API_TOKEN)") from None
-            except ConnectionError as exc:
+            except IntentLMConnectionError as exc:
                 raise RunnerError(f"cannot reach {url}: {exc.message} (is `intentlm serve` running there?)") from None
             except NotFoundError as exc:
                 route = "POST /" if api == "eas" else "POST /v1/intents"

@@ -24,11 +24,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from swagger_ui_bundle import swagger_ui_path
 
 from service import metrics
 from service.config import Settings
 from service.engine import IntentEngine
 from service.errors import ServiceError
+from service.logs import REQUEST_ID, RequestIds
+from service.openai_routes import openai_api
+from service.openai_serving import OPENAI_ROUTES
 from service.routes import WEB_DIR, OrjsonResponse, api, ops
 
 log = logging.getLogger("intentlm.app")
@@ -79,6 +83,8 @@ def create_app(settings: Settings, model_dir: Path, engine_factory: EngineFactor
         version="0.1.0",
         lifespan=lifespan,
         default_response_class=OrjsonResponse,
+        docs_url=None,  # service.routes.docs serves Swagger UI from local files instead of a CDN
+        redoc_url=None,  # one API page is enough; ReDoc too would load from a CDN
     )
     app.state.settings = settings
     app.state.token = settings.api_token.get_secret_value().encode() if settings.api_token else None
@@ -89,28 +95,43 @@ def create_app(settings: Settings, model_dir: Path, engine_factory: EngineFactor
     app.state.on_fatal = lambda: None
 
     app.include_router(api)
+    app.include_router(openai_api)
     app.include_router(ops)
     app.mount("/ui/assets", StaticFiles(directory=WEB_DIR), name="ui-assets")
+    app.mount("/docs/assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics)
+    app.add_middleware(RequestIds)  # outermost: the id exists for every other middleware and handler
     _install_error_handlers(app)
     return app
 
 
+# OpenAI's error types by status (what its SDKs show; they pick the exception class by the status itself).
+_OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 429: "rate_limit_error"}
+
+
 def error_response(
-    status: int, code: str, message: str, field: str | None = None, retry_after: int | None = None
+    path: str, status: int, code: str, message: str, field: str | None = None, retry_after: int | None = None
 ) -> OrjsonResponse:
-    detail: dict[str, str] = {"code": code, "message": message}
-    if field is not None:
-        detail["field"] = field
-    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    """Our error body (ErrorBody), or on the OpenAI-compatible routes OpenAI's (message, type, param, code)."""
+    detail: dict[str, str | None]
+    if path in OPENAI_ROUTES:
+        kind = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+        detail = {"message": message, "type": kind, "param": field, "code": code}
+    else:
+        detail = {"code": code, "message": message}
+        if field is not None:
+            detail["field"] = field
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
+    if (request_id := REQUEST_ID.get()) is not None:  # the catch-all 500 is sent past the RequestIds middleware
+        headers["X-Request-ID"] = request_id
     return OrjsonResponse({"error": detail}, status_code=status, headers=headers)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> OrjsonResponse:
-        return error_response(exc.status, exc.code, exc.message, exc.field, exc.retry_after)
+        return error_response(request.url.path, exc.status, exc.code, exc.message, exc.field, exc.retry_after)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> OrjsonResponse:
@@ -118,23 +139,27 @@ def _install_error_handlers(app: FastAPI) -> None:
         loc = [str(part) for part in first.get("loc", ()) if part != "body"]
         field = ".".join(loc) or None
         message = first.get("msg", "invalid request")
-        return error_response(422, "invalid_request", f"{field}: {message}" if field else message, field)
+        return error_response(
+            request.url.path, 422, "invalid_request", f"{field}: {message}" if field else message, field
+        )
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> OrjsonResponse:
         code = {400: "bad_body", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(
             exc.status_code, "http_error"
         )
-        return error_response(exc.status_code, code, str(exc.detail))
+        return error_response(request.url.path, exc.status_code, code, str(exc.detail))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> OrjsonResponse:
         from vllm.v1.engine.exceptions import EngineDeadError
 
         if isinstance(exc, EngineDeadError):
-            return error_response(503, "engine_dead", "the engine stopped; the server must be restarted", retry_after=5)
+            return error_response(
+                request.url.path, 503, "engine_dead", "the engine stopped; the server must be restarted", retry_after=5
+            )
         log.exception("unexpected error on %s", request.url.path)
-        return error_response(500, "internal", f"internal error: {type(exc).__name__}")
+        return error_response(request.url.path, 500, "internal", f"internal error: {type(exc).__name__}")
 
 
 class BodyLimit:
@@ -149,7 +174,7 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         length = dict(scope["headers"]).get(b"content-length", b"")
         if length.isdigit() and int(length) > self.max_bytes:
-            return await self._too_large()(scope, receive, send)
+            return await self._too_large(scope["path"])(scope, receive, send)
         seen = 0
 
         async def counting_receive() -> Message:
@@ -165,8 +190,8 @@ class BodyLimit:
     def _message(self) -> str:
         return f"request body is larger than {self.max_bytes} bytes"
 
-    def _too_large(self) -> OrjsonResponse:
-        return error_response(413, "body_too_large", self._message())
+    def _too_large(self, path: str) -> OrjsonResponse:
+        return error_response(path, 413, "body_too_large", self._message())
 
 
 class RequestMetrics:
@@ -192,5 +217,5 @@ class RequestMetrics:
             await self.app(scope, receive, recording_send)
         finally:
             metrics.REQUESTS.labels(route, str(status)).inc()
-            if route in ("/", "/v1/intents"):
+            if route in metrics.TIMED_ROUTES:
                 metrics.LATENCY.labels(route).observe(time.perf_counter() - start)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -56,8 +55,10 @@ def serve(**flags: Any) -> None:
         raise click.UsageError(f"{'.'.join(map(str, error['loc']))}: {error['msg']}") from exc
     except ModelNotFoundError as exc:
         raise click.ClickException(str(exc)) from exc
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from service.hardware import choose_dtype
+    from service.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
 
     summary = {**settings.summary(), "model": str(model_dir)}
     click.echo(f"intentlm serve settings: {json.dumps(summary, default=str)}", err=True)
@@ -85,6 +86,7 @@ def run_server(settings: Any, model_dir: Path) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        log_config=None,  # uvicorn's loggers propagate to the handler of service.logs.configure_logging
         access_log=False,  # /metrics counts every request; a log line each costs CPU we need
         timeout_graceful_shutdown=int(settings.request_timeout) + 5,
     )

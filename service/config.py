@@ -163,6 +163,11 @@ class Settings(EngineSettings):
     )
 
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="Log lines as text, or as one JSON object a line (time, level, logger, message, request_id, "
+        "exc_info) for log collectors, vLLM's lines included.",
+    )
 
     @property
     def max_admitted(self) -> int:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +21,11 @@ from service import metrics
 from service.admission import Admission
 from service.config import Settings
 from service.errors import ServiceError
+from service.logs import vllm_request_id
 from service.modelcard import ModelCard, read_card
+from service.openai_serving import OpenAIServing
 from service.predictor import Decoded, Predictor
-from service.protocol import EasRequest, IntentCall, IntentPrediction
+from service.protocol import MAX_BATCH, EasRequest, IntentCall, IntentPrediction, RankedIntent
 from service.typicality import TypicalityScorer, typicality_scorer
 from service.vllm_forced import samples_beside_proposals
 
@@ -40,24 +41,31 @@ class Generation:
     """One update of a generation: what was decoded so far and whether it has finished."""
 
     decoded: Decoded
-    prompt_tokens: int
     finished: bool
-    first_token_s: float | None
 
 
 class IntentEngine:
     """One served model: its predictor (service.predictor) over the vLLM engine, and the admission bound."""
 
     def __init__(
-        self, llm: AsyncLLM, settings: Settings, model_dir: Path, predictor: Predictor, *, greedy_only: bool = False
+        self,
+        llm: AsyncLLM,
+        settings: Settings,
+        model_dir: Path,
+        predictor: Predictor,
+        openai: OpenAIServing,
+        *,
+        greedy_only: bool = False,
     ) -> None:
-        """``greedy_only``: the engine cannot sample beside jump-forward proposals (``samples_beside_proposals``)."""
+        """``openai``: vLLM's OpenAI serving over ``llm`` (service.openai_serving). ``greedy_only``: the engine cannot
+        sample beside jump-forward proposals (``samples_beside_proposals``)."""
         from vllm.sampling_params import RequestOutputKind
 
         self.llm = llm
         self.settings = settings
         self.model_dir = model_dir
         self.predictor = predictor
+        self.openai = openai
         self.greedy_only = greedy_only
         self.card = predictor.card
         self.tokenizer: Any = predictor.tokenizer
@@ -101,7 +109,9 @@ class IntentEngine:
             typicality=scorer,
         )
         greedy_only = "speculative_config" in args and not samples_beside_proposals()
-        engine = cls(llm, settings, model_dir, predictor, greedy_only=greedy_only)
+        metadata = {"intents": card.intents, "out_of_scope_label": settings.oos_label, "max_batch": MAX_BATCH}
+        openai = await OpenAIServing.create(llm, model_dir.name, str(model_dir), metadata)
+        engine = cls(llm, settings, model_dir, predictor, openai, greedy_only=greedy_only)
         await engine.predict("hello", route="warmup")
         return engine
 
@@ -119,28 +129,16 @@ class IntentEngine:
 
     # -------------------------------------------------------------------------------- generation
 
-    async def stream(self, prompt_ids: list[int], params: SamplingParams, *, route: str) -> AsyncIterator[Generation]:
-        """Generate, yielding updates; counts tokens and time to first token for ``route``."""
+    async def stream(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[Generation]:
+        """Generate, yielding updates (vLLM's own metrics count their tokens and times)."""
         from vllm.inputs import TokensPrompt
 
-        async for out in self.llm.generate(TokensPrompt(prompt_token_ids=prompt_ids), params, uuid.uuid4().hex):
-            first_token_s = out.metrics.first_token_latency if out.metrics is not None else None
-            update = Generation(
-                decoded=Decoded.from_output(out),
-                prompt_tokens=len(prompt_ids),
-                finished=out.finished,
-                first_token_s=first_token_s or None,
-            )
-            if update.finished:
-                metrics.PROMPT_TOKENS.labels(route).inc(update.prompt_tokens)
-                metrics.GENERATED_TOKENS.labels(route).inc(len(update.decoded.token_ids))
-                if update.first_token_s is not None:
-                    metrics.TTFT.labels(route).observe(update.first_token_s)
-            yield update
+        async for out in self.llm.generate(TokensPrompt(prompt_token_ids=prompt_ids), params, vllm_request_id()):
+            yield Generation(decoded=Decoded.from_output(out), finished=out.finished)
 
-    async def _final(self, prompt_ids: list[int], params: SamplingParams, *, route: str) -> Generation:
+    async def _final(self, prompt_ids: list[int], params: SamplingParams) -> Generation:
         last = None
-        async for last in self.stream(prompt_ids, params, route=route):
+        async for last in self.stream(prompt_ids, params):
             pass
         assert last is not None and last.finished
         return last
@@ -212,11 +210,11 @@ class IntentEngine:
         """Decode one prompt and answer it, with vLLM's typicality or, where a second pass scores it, that pass's,
         which runs beside the generation, not after it."""
         if self.predictor.typicality is None:
-            generation = await self._final(ids, params, route=route)
+            generation = await self._final(ids, params)
             typicality = generation.decoded.typicality
         else:
             generation, typicality = await asyncio.gather(
-                self._final(ids, params, route=route), _typicality_of(self.predictor.typicality, ids)
+                self._final(ids, params), _typicality_of(self.predictor.typicality, ids)
             )
         answer = self.predictor.answer(generation.decoded, typicality, constrained=constrained)
         if answer.malformed:
@@ -225,14 +223,25 @@ class IntentEngine:
             if answer.rejection is not None:
                 metrics.OUT_OF_SCOPE.labels(answer.rejection).inc()
             for call in answer.calls:
-                metrics.PREDICTED_INTENTS.labels(call.name if call.name in self._known_intents else "other").inc()
+                metrics.PREDICTED_INTENTS.labels(self._intent_label(call.name)).inc()
+            if answer.ranking:  # the intent the model wrote, also when the out-of-scope rule rejected it
+                written = self._intent_label(answer.ranking[0][0])
+                metrics.CONFIDENCE.labels(written).observe(answer.confidence)
+                if answer.typicality is not None:
+                    metrics.TYPICALITY.labels(written).observe(answer.typicality)
         return IntentPrediction(
             intents=[IntentCall(name=c.name, args=list(c.args)) for c in answer.calls],
             raw=answer.raw,
             confidence=round(answer.confidence, 6),
+            ranking=[RankedIntent(name=name, confidence=round(p, 6)) for name, p in answer.ranking],
+            oos_reason=answer.rejection,
             typicality=None if answer.typicality is None else round(answer.typicality, 6),
             latency_ms=round((time.perf_counter() - start) * 1000, 3),
         )
+
+    def _intent_label(self, name: str) -> str:
+        """A bounded metric label: the model's intents and the out-of-scope label, anything else ``other``."""
+        return name if name in self._known_intents else "other"
 
 
 async def _typicality_of(scorer: TypicalityScorer | None, ids: list[int]) -> float | None:

@@ -1,9 +1,11 @@
 """Prometheus metrics (DESIGN §5), all named ``intentlm_*``, on the default registry.
 
 The default registry is the one vLLM's engine registers its own ``vllm:*`` metrics in, so
-``GET /metrics`` exposes both. Labels are bounded: routes are the API's fixed paths, intents are
-the model's names (constrained decoding cannot invent others; free-form answers naming an unknown
-intent are counted under ``other``).
+``GET /metrics`` exposes both, and nothing here counts what vLLM already counts (tokens, time to
+first token, its running and waiting requests, KV-cache use): ours are the HTTP view, admission
+and the answers. Labels are bounded: routes are the API's fixed paths, intents are the model's
+names (constrained decoding cannot invent others; free-form answers naming an unknown intent are
+counted under ``other``).
 """
 
 from __future__ import annotations
@@ -25,14 +27,6 @@ REQUESTS = Counter("intentlm_requests", "HTTP requests by route and status code.
 LATENCY = Histogram(
     "intentlm_request_latency_seconds", "Time from request to full reply.", ["route"], buckets=_LATENCY_BUCKETS
 )
-TTFT = Histogram(
-    "intentlm_time_to_first_token_seconds",
-    "Time from a generation's arrival at the engine to its first token.",
-    ["route"],
-    buckets=_LATENCY_BUCKETS,
-)
-PROMPT_TOKENS = Counter("intentlm_prompt_tokens", "Prompt tokens processed.", ["route"])
-GENERATED_TOKENS = Counter("intentlm_generated_tokens", "Tokens generated.", ["route"])
 IN_FLIGHT = Gauge("intentlm_requests_in_flight", "Admitted generations the engine is running.")
 QUEUED = Gauge("intentlm_requests_queued", "Admitted generations waiting for a batch slot.")
 EXPECTED_SECONDS = Gauge(
@@ -45,10 +39,34 @@ OUT_OF_SCOPE = Counter(
     "/v1/intents replies turned out-of-scope, by the score under its threshold.",
     ["score"],
 )
+# Drift: where a model's answers sit, per intent, so that a shift in traffic shows before accuracy is measured.
+_SCORE_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+CONFIDENCE = Histogram(
+    "intentlm_intent_confidence",
+    "Calibrated confidence of /v1/intents answers, by the intent the model wrote (before the out-of-scope rule).",
+    ["intent"],
+    buckets=_SCORE_BUCKETS,
+)
+TYPICALITY = Histogram(
+    "intentlm_intent_typicality",
+    "Typicality of /v1/intents prompts, by the intent the model wrote (before the out-of-scope rule).",
+    ["intent"],
+    buckets=_SCORE_BUCKETS,
+)
 MALFORMED = Counter("intentlm_malformed_outputs", "Answers that do not parse as intent calls.", ["route"])
 MODEL_INFO = Info("intentlm_model", "The model being served.")
 
-ROUTE_LABELS = ("/", "/v1/intents", "/ui", "/health/live", "/health/ready", "/metrics", "/docs", "/openapi.json")
+TIMED_ROUTES = ("/", "/v1/intents", "/v1/chat/completions", "/v1/completions")  # the routes that generate
+ROUTE_LABELS = (
+    *TIMED_ROUTES,
+    "/v1/models",
+    "/ui",
+    "/health/live",
+    "/health/ready",
+    "/metrics",
+    "/docs",
+    "/openapi.json",
+)
 
 
 def route_label(path: str) -> str:

@@ -11,7 +11,7 @@ engines only decode, so the same request gets the same answer and scores from ev
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -28,18 +28,24 @@ if TYPE_CHECKING:
     from service.typicality import TypicalityScorer
 
 INTENT_MAX_TOKENS = 64  # the reference script's max_new_tokens: the answer budget of every entry point
+RANKING_CANDIDATES = (
+    5  # alternatives vLLM returns per decoding step (its top log-probabilities), what the ranking reads
+)
+RANKING_SIZE = 5  # intents in a reply's ranking
 
 
 @dataclass(frozen=True)
 class Decoded:
-    """What an engine decoded for one prompt: the text, its tokens, each token's log-probability, and the prompt's
-    typicality when the engine scored it in its own pass (service.vllm_states)."""
+    """What an engine decoded for one prompt: the text, its tokens, each token's log-probability, the most likely
+    tokens at each step (``alternatives``: token id → log-probability, the decoded token among them), and the
+    prompt's typicality when the engine scored it in its own pass (service.vllm_states)."""
 
     text: str
     token_ids: Sequence[int]
     logprobs: Sequence[float]
     finish_reason: str | None
     typicality: float | None = None
+    alternatives: Sequence[Mapping[int, float]] = ()
 
     @classmethod
     def from_output(cls, output: Any) -> Decoded:
@@ -49,8 +55,11 @@ class Decoded:
         completion = output.outputs[0]
         steps = completion.logprobs or []
         logprobs = [step[token].logprob for token, step in zip(completion.token_ids, steps)]
+        alternatives = [{token: entry.logprob for token, entry in step.items()} for step in steps]
         typicality = (output.kv_transfer_params or {}).get(TYPICALITY_KEY)
-        return cls(completion.text, list(completion.token_ids), logprobs, completion.finish_reason, typicality)
+        return cls(
+            completion.text, list(completion.token_ids), logprobs, completion.finish_reason, typicality, alternatives
+        )
 
 
 @dataclass(frozen=True)
@@ -64,6 +73,7 @@ class Answer:
     typicality: float | None
     rejection: str | None  # the score that rejected the model's answer as out of scope ("confidence", ...)
     malformed: bool  # what the model wrote does not parse
+    ranking: list[tuple[str, float]]  # the first call's likeliest intents (``Predictor.ranking``)
 
     @property
     def text(self) -> str:
@@ -102,14 +112,15 @@ class Predictor:
         self._constrained = SamplingParams(
             temperature=0.0,
             max_tokens=max_new_tokens,
-            logprobs=0,
+            logprobs=RANKING_CANDIDATES,
             stop_token_ids=self.stop_ids,
             structured_outputs=StructuredOutputsParams(regex=decoding_regex(card.intents)),
             output_kind=RequestOutputKind.FINAL_ONLY,
         )
         self._free = self._constrained.clone()
         self._free.structured_outputs = None
-        self._pieces = lru_cache(maxsize=None)(_call_marks(tokenizer))
+        self._piece = lru_cache(maxsize=None)(lambda token: tokenizer.decode([token]))
+        self._names = [f"{name}(" for name in card.intents]
 
     def prompt_ids(
         self, text: str, *, system_prompt: str | None = None, history: History = (), field: str = "text"
@@ -160,9 +171,10 @@ class Predictor:
         malformed = calls is None
         confidence = self.confidence(decoded)
         rejection = self.oos_rule.rejection(confidence, typicality) if calls else None
+        ranking = self.ranking(decoded) if constrained and not malformed else []
         if rejection is not None:
             calls = [Call(self.oos_label, ())]
-        return Answer(calls or [], raw, confidence, typicality, rejection, malformed)
+        return Answer(calls or [], raw, confidence, typicality, rejection, malformed, ranking)
 
     def confidence(self, decoded: Decoded) -> float:
         """The probability the model gives to the intent names it wrote, for its least sure call.
@@ -184,17 +196,45 @@ class Predictor:
         for token, logprob in zip(decoded.token_ids, decoded.logprobs):
             if in_name:
                 calls[-1] += logprob
-            for mark in self._pieces(token):  # each token's '(' and ';' in order, decoded once per token id
-                in_name = mark == ";"
-                if in_name:
-                    calls.append(0.0)
-        return math.exp(min(calls) / self.card.confidence_temperature)
+            for mark in self._piece(token):  # each token's '(' and ';' in order, decoded once per token id
+                if mark in "(;":
+                    in_name = mark == ";"
+                    if in_name:
+                        calls.append(0.0)
+        return self._calibrated(min(calls))
 
+    def ranking(self, decoded: Decoded) -> list[tuple[str, float]]:
+        """The first call's most likely intents with calibrated probabilities, most likely first (Rasa's
+        ``intent_ranking``), from the decoding's own distribution: no extra forward pass.
 
-def _call_marks(tokenizer: Any) -> Any:
-    """A function of a token id: the '(' and ';' its text holds, in order (what ``confidence`` follows)."""
+        At each token of the decoded name, every other allowed token vLLM returned (its top log-probabilities,
+        after the grammar mask) starts a branch; a branch that only one intent name continues carries that intent's
+        whole probability (every way the grammar lets the model spell the rest leads to it). Branches shared by
+        several intents are left out, since their split is unknown, so the ranking sums to at most 1. The decoded
+        intent gets the calibrated confidence of its name; the others share what calibration leaves, in
+        proportion to their probabilities."""
+        prefix, path = "", 0.0
+        raw: dict[str, float] = {}
+        for token, logprob, step in zip(decoded.token_ids, decoded.logprobs, decoded.alternatives):
+            for other, other_logprob in step.items():
+                if other != token and (only := self._only_name(prefix + self._piece(other))) is not None:
+                    raw[only] = raw.get(only, 0.0) + math.exp(path + other_logprob)
+            prefix, path = prefix + self._piece(token), path + logprob
+            if "(" in prefix:
+                break
+        chosen = prefix.partition("(")[0]
+        if not chosen:
+            return []
+        top = self._calibrated(path)
+        share = (1 - top) / (1 - math.exp(path)) if path < 0 else 0.0
+        others = sorted(((name, p * share) for name, p in raw.items() if name != chosen), key=lambda e: -e[1])
+        return [(chosen, top), *others[: RANKING_SIZE - 1]]
 
-    def marks(token: int) -> str:
-        return "".join(ch for ch in tokenizer.decode([token]) if ch in "(;")
+    def _only_name(self, text: str) -> str | None:
+        """The one intent whose call can begin with ``text``, or None when none or several can."""
+        found = [name for name in self._names if name.startswith(text) or text.startswith(name)]
+        return found[0][:-1] if len(found) == 1 else None
 
-    return marks
+    def _calibrated(self, logprob: float) -> float:
+        """A name's probability under the card's calibrated temperature (what makes confidence match accuracy)."""
+        return math.exp(logprob / self.card.confidence_temperature)

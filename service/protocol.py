@@ -86,12 +86,28 @@ class IntentCall(BaseModel):
     args: list[str]
 
 
+class RankedIntent(BaseModel):
+    name: str
+    confidence: float
+
+
 class IntentPrediction(BaseModel):
     """One utterance's answer. ``raw`` is what the model wrote, even when the reply is out-of-scope."""
 
     intents: list[IntentCall]
     raw: str
     confidence: float = Field(description="Calibrated probability that the intent names are right.")
+    ranking: list[RankedIntent] = Field(
+        default_factory=list,
+        description="The first call's most likely intents, most likely first, with calibrated probabilities that "
+        "sum to at most 1 (Rasa's intent_ranking), from the decoding's own distribution over the allowed names; "
+        "empty for a free-form answer.",
+    )
+    oos_reason: str | None = Field(
+        None,
+        description="The score under its threshold that turned the model's answer out of scope "
+        "('confidence' or 'typicality'); null when the answer was not rejected.",
+    )
     typicality: float | None = Field(
         None,
         description="Closeness of the prompt's hidden state to the training requests of its nearest intent "

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import html
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Depends, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import (
-    FileResponse,
+    HTMLResponse,
     JSONResponse,
     PlainTextResponse,
+    RedirectResponse,
     Response,
     StreamingResponse,
 )
@@ -124,7 +127,7 @@ async def eas(body: EasRequest, request: Request, engine: IntentEngine = Depends
 
     async def run() -> str:
         last = ""
-        async for update in engine.stream(ids, params, route="/"):
+        async for update in engine.stream(ids, params):
             last = update.decoded.text
         return last
 
@@ -140,7 +143,7 @@ async def _eas_stream(
     with engine.admission.hold(1):
         try:
             async with asyncio.timeout(timeout_s):
-                async for update in engine.stream(ids, params, route="/"):
+                async for update in engine.stream(ids, params):
                     yield orjson.dumps(_eas_reply(body, update.decoded.text)) + b"\0"
         except TimeoutError:
             return  # headers are sent; the stream ends early and the generation is aborted
@@ -190,6 +193,36 @@ async def prometheus() -> Response:
     return Response(payload, media_type=content_type)
 
 
+# Pages. Their URLs are all relative (assets, API calls, openapi.json), so they work unchanged behind a gateway
+# that serves the app under a path prefix it strips (EAS, ingress controllers), and they load nothing from a CDN.
+UI_PAGE = (WEB_DIR / "index.html").read_text()
+
+
 @ops.get("/ui", include_in_schema=False)
-async def ui() -> Response:
-    return FileResponse(WEB_DIR / "index.html")
+async def ui(request: Request) -> Response:
+    """The try-it page, told this server's out-of-scope label (a ``<meta>``), so it marks the label the server
+    answers, whatever ``INTENTLM_OOS_LABEL`` says; the label is HTML-escaped like any text put into markup."""
+    label = html.escape(request.app.state.settings.oos_label)
+    return HTMLResponse(UI_PAGE.replace("{{oos_label}}", label))
+
+
+@ops.get("/docs", include_in_schema=False)
+async def docs(request: Request) -> Response:
+    """Swagger UI from the files of the swagger-ui-bundle-v2 package (mounted at /docs/assets), not FastAPI's CDN.
+    ``openapi.json`` is relative to this page, so it resolves to /openapi.json, or under the gateway's prefix."""
+    return get_swagger_ui_html(
+        openapi_url="openapi.json",
+        title=f"{request.app.title} - Swagger UI",
+        swagger_js_url="docs/assets/swagger-ui-bundle.js",
+        swagger_css_url="docs/assets/swagger-ui.css",
+        swagger_favicon_url="docs/assets/favicon-32x32.png",
+    )
+
+
+@ops.get("/ui/", include_in_schema=False)
+@ops.get("/docs/", include_in_schema=False)
+async def without_trailing_slash(request: Request) -> Response:
+    """``/ui/`` → ``ui`` (and ``/docs/``): the pages' relative URLs resolve against their URL without the slash.
+    The Location is relative, so it keeps a prefix the gateway stripped; Starlette's own slash redirect is an
+    absolute URL built from the Host header, which would drop it."""
+    return RedirectResponse(f"../{request.url.path.strip('/')}")

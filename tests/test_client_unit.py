@@ -1,4 +1,5 @@
-"""The client against mocked HTTP (respx): request bodies, error mapping, retries, stream parsing, env vars.
+"""The client against mocked HTTP (respx, httpx.MockTransport): request bodies, error mapping, retries, stream
+parsing, env vars, a caller's own httpx client, batches split to the server's limit.
 
 The same client against a real server is in test_client_live.py.
 """
@@ -6,6 +7,7 @@ The same client against a real server is in test_client_live.py.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import json
 
 import httpx
@@ -14,15 +16,19 @@ import respx
 from click.testing import CliRunner
 
 import clients
+import intentlm
 from clients import AsyncIntentClient, IntentClient, Retries
 from clients.cli import ask
-from clients.client import _NulSplitter
+from clients.client import MAX_BATCH, _NulSplitter
+from service.protocol import MAX_BATCH as SERVER_MAX_BATCH
 
 URL = "http://intent.test"
 PREDICTION = {
     "intents": [{"name": "iot_hue_lightoff", "args": []}, {"name": "alarm_set", "args": ["7 am", "monday"]}],
     "raw": "iot_hue_lightoff();alarm_set(7 am,monday)",
     "confidence": 0.93,
+    "ranking": [{"name": "iot_hue_lightoff", "confidence": 0.93}, {"name": "iot_hue_lighton", "confidence": 0.05}],
+    "oos_reason": None,
     "typicality": 0.61,
     "latency_ms": 12.5,
 }
@@ -98,7 +104,7 @@ def test_chat_sends_the_eas_body_under_a_base_path() -> None:
         ),
         (error(429, "busy", **{"Retry-After": "7"}), clients.OverloadedError, {"retry_after": 7.0}),
         (error(503, "not_ready"), clients.OverloadedError, {"retry_after": None}),
-        (error(504, "timeout"), clients.TimeoutError, {"status_code": 504}),
+        (error(504, "timeout"), clients.IntentLMTimeoutError, {"status_code": 504}),
         (error(500, "internal"), clients.ServerError, {"code": "internal"}),
         (httpx.Response(502, text="<html>Bad Gateway</html>"), clients.ServerError, {"code": "http_502"}),
         (httpx.Response(200, text="not json"), clients.ResponseError, {"code": "bad_response"}),
@@ -115,9 +121,15 @@ def test_error_replies_become_typed_errors(reply: httpx.Response, error_type: ty
         assert getattr(raised.value, name) == value
 
 
-def test_builtin_names_catch_ours() -> None:
-    assert issubclass(clients.TimeoutError, TimeoutError)
-    assert issubclass(clients.ConnectionError, ConnectionError)
+def test_builtin_names_catch_ours_and_none_is_shadowed() -> None:
+    assert issubclass(clients.IntentLMTimeoutError, TimeoutError)
+    assert issubclass(clients.IntentLMConnectionError, ConnectionError)
+    assert not set(clients.__all__) & set(dir(builtins))  # `from intentlm import *` rebinds no built-in
+
+
+def test_intentlm_exports_the_client() -> None:
+    assert sorted(intentlm.__all__) == sorted(clients.__all__)
+    assert all(getattr(intentlm, name) is getattr(clients, name) for name in clients.__all__)
 
 
 @respx.mock
@@ -158,12 +170,12 @@ def test_connect_errors_are_retried_but_read_timeouts_are_not(monkeypatch: pytes
 
     # The request reached the server: it may still be generating, so a retry could run it twice.
     route = respx.post(f"{URL}/").mock(side_effect=httpx.ReadTimeout("slow"))
-    with IntentClient(URL, retries=NO_WAIT) as client, pytest.raises(clients.TimeoutError) as raised:
+    with IntentClient(URL, retries=NO_WAIT) as client, pytest.raises(clients.IntentLMTimeoutError) as raised:
         client.chat("x")
     assert route.call_count == 1 and raised.value.status_code is None
     route.reset()
     route.mock(side_effect=httpx.RemoteProtocolError("closed"))
-    with IntentClient(URL, retries=NO_WAIT) as client, pytest.raises(clients.ConnectionError):
+    with IntentClient(URL, retries=NO_WAIT) as client, pytest.raises(clients.IntentLMConnectionError):
         client.chat("x")
     assert route.call_count == 1
 
@@ -203,7 +215,7 @@ def test_stream_yields_growing_text_and_sends_use_stream_chat() -> None:
 def test_stream_raises_an_error_object_sent_mid_stream() -> None:
     body = nul_stream("a") + json.dumps({"error": {"code": "timeout", "message": "too slow"}}).encode() + b"\0"
     respx.post(f"{URL}/").mock(return_value=httpx.Response(200, content=body))
-    with IntentClient(URL) as client, pytest.raises(clients.TimeoutError, match="too slow"):
+    with IntentClient(URL) as client, pytest.raises(clients.IntentLMTimeoutError, match="too slow"):
         list(client.stream("p"))
 
 
@@ -248,6 +260,101 @@ def test_async_twin_predicts_chats_streams_and_retries(monkeypatch: pytest.Monke
             assert raised.value.field == "temperature"
 
     asyncio.run(scenario())
+
+
+# --- a caller's own httpx client, and batches split to the server's limit (httpx.MockTransport) ---
+
+
+def labelling_server(requests: list[httpx.Request]) -> httpx.MockTransport:
+    """A transport that records each request and answers every text of a batch with itself as ``raw``."""
+
+    def reply(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        if request.url.path == "/health/ready":
+            return httpx.Response(200, json={})
+        return httpx.Response(200, json=[dict(PREDICTION, raw=t) for t in json.loads(request.content)["texts"]])
+
+    return httpx.MockTransport(reply)
+
+
+def test_a_callers_http_client_is_used_as_configured_and_left_open() -> None:
+    requests: list[httpx.Request] = []
+    timeout = httpx.Timeout(3.0, connect=1.0)
+    http = httpx.Client(
+        transport=labelling_server(requests),
+        base_url="http://elsewhere.test",
+        headers={"User-Agent": "app/1.0", "X-Trace": "abc"},
+        timeout=timeout,
+    )
+    with IntentClient(URL, token="secret", timeout=99, http_client=http) as client:
+        assert client.ready()
+        assert [p.raw for p in client.predict_batch(["a", "b"])] == ["a", "b"]
+    for request in requests:
+        assert str(request.url).startswith(URL)  # the full URL: the caller's base_url is left alone
+        assert request.headers["user-agent"] == "app/1.0" and request.headers["x-trace"] == "abc"
+        assert request.headers["authorization"] == "secret"  # per request
+        assert request.extensions["timeout"] == timeout.as_dict()  # the caller's, not timeout=99
+    assert not http.is_closed and http.timeout == timeout and http.base_url == "http://elsewhere.test"
+    assert "authorization" not in http.headers  # nothing of ours was set on it
+    http.close()
+
+
+def test_an_async_callers_http_client_is_left_open_and_an_own_one_closed() -> None:
+    requests: list[httpx.Request] = []
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(transport=labelling_server(requests), headers={"X-Trace": "abc"}) as http:
+            async with AsyncIntentClient(URL, http_client=http) as client:
+                assert [p.raw for p in await client.predict_batch(["a"])] == ["a"]
+            assert not http.is_closed and requests[-1].headers["x-trace"] == "abc"
+        async with AsyncIntentClient(URL) as own:
+            pass
+        assert own._http.is_closed
+
+    asyncio.run(scenario())
+
+
+def test_the_clients_batch_limit_is_the_servers() -> None:
+    assert MAX_BATCH == SERVER_MAX_BATCH
+
+
+@pytest.mark.parametrize(
+    ("count", "max_batch", "sizes"), [(150, MAX_BATCH, [64, 64, 22]), (5, 2, [2, 2, 1]), (0, 2, [])]
+)
+def test_predict_batch_splits_long_lists_and_keeps_their_order(count: int, max_batch: int, sizes: list[int]) -> None:
+    texts = [f"utterance {i}" for i in range(count)]
+    requests: list[httpx.Request] = []
+    with httpx.Client(transport=labelling_server(requests)) as http:
+        client = IntentClient(URL, max_batch=max_batch, http_client=http)
+        predictions = client.predict_batch(texts, system_prompt="S")
+    assert [p.raw for p in predictions] == texts
+    bodies = [json.loads(request.content) for request in requests]
+    assert [len(body["texts"]) for body in bodies] == sizes
+    assert all(body["system_prompt"] == "S" for body in bodies)  # the shared fields go with every chunk
+
+
+def test_async_predict_batch_splits_long_lists_and_keeps_their_order() -> None:
+    texts = [f"utterance {i}" for i in range(5)]
+    requests: list[httpx.Request] = []
+
+    async def scenario() -> list[clients.Prediction]:
+        async with httpx.AsyncClient(transport=labelling_server(requests)) as http:
+            return await AsyncIntentClient(URL, max_batch=2, http_client=http).predict_batch(texts)
+
+    assert [p.raw for p in asyncio.run(scenario())] == texts
+    assert [len(json.loads(request.content)["texts"]) for request in requests] == [2, 2, 1]
+
+
+def test_predict_batch_refuses_a_reply_of_the_wrong_length() -> None:
+    """Chunks are joined by position, so one prediction too few would shift every later one."""
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, json=[PREDICTION]))
+    with httpx.Client(transport=transport) as http, pytest.raises(clients.ResponseError, match="1 predictions for 2"):
+        IntentClient(URL, http_client=http).predict_batch(["a", "b"])
+
+
+def test_max_batch_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_batch"):
+        IntentClient(URL, max_batch=0)
 
 
 # --- intentlm ask, in-process (the subprocess runs against a real server are in test_client_live.py) ---

@@ -329,13 +329,32 @@ def test_compose_builds_this_image_and_wires_prometheus_and_grafana() -> None:
     assert job["static_configs"][0]["targets"] == [f"intentlm:{PORT}"]
 
 
+def vllm_metric_names() -> set[str]:
+    """The ``vllm:*`` names the installed vLLM's Prometheus logger registers (with their sample suffixes)."""
+    import vllm.v1.metrics.loggers as loggers
+
+    names = set(re.findall(r'name="(vllm:\w+)"', Path(loggers.__file__).read_text()))
+    return names | {f"{name}_{suffix}" for name in names for suffix in ("total", "bucket", "sum", "count")}
+
+
 def test_dashboard_queries_only_metrics_the_server_exports() -> None:
     dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "intentlm.json").read_text())
     expressions = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
     used = {name for expr in expressions for name in re.findall(r"\bintentlm_\w+", expr)}
     assert used and used <= exported_metrics(), used - exported_metrics()
+    engine = {name for expr in expressions for name in re.findall(r"\bvllm:\w+", expr)}
+    assert engine and engine <= vllm_metric_names(), engine - vllm_metric_names()
     titles = " ".join(panel["title"].lower() for panel in dashboard["panels"])
-    for topic in ("latency", "throughput", "intents by name", "errors"):
+    for topic in (
+        "latency",
+        "throughput",
+        "intents by name",
+        "errors",
+        "confidence",
+        "typicality",
+        "queue",
+        "kv-cache",
+    ):
         assert topic in titles
 
 

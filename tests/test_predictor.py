@@ -107,3 +107,39 @@ def test_a_greedy_only_engine_refuses_sampling_and_decodes_top_k_1_greedily() ->
     sampling = IntentEngine(None, Settings(), Path("m"), card_predictor)  # type: ignore[arg-type]
     params = sampling.chat_params(EasRequest(prompt="hi", temperature=0.9, top_k=5), [1, 2])
     assert (params.temperature, params.top_k) == (0.9, 5)
+
+
+RANKED_PIECES = ["alarm", "_set", "_query", "(", "iot", "()", "al", "arm_set("]
+
+
+class RankedTokenizer(PieceTokenizer):
+    def decode(self, ids: list[int]) -> str:
+        return "".join(RANKED_PIECES[i] for i in ids)
+
+    def convert_tokens_to_ids(self, token: str) -> int:
+        return 0
+
+
+def test_ranking_gives_each_branch_that_one_intent_continues_its_whole_probability() -> None:
+    ranker = Predictor(ModelCard(intents=["alarm_set", "alarm_query", "iot"]), RankedTokenizer(), max_model_len=64)
+    log = math.log
+    # Step 1: "alarm" 0.6 (shared by two intents: its split is unknown), "iot" 0.3, "al" 0.1 (shared: unknown).
+    # Step 2 after "alarm": "_set" 0.7, "_query" 0.3; step 3: "(" 1.
+    steps = [{0: log(0.6), 4: log(0.3), 6: log(0.1)}, {1: log(0.7), 2: log(0.3)}, {3: 0.0}]
+    answer = Decoded("alarm_set()", [0, 1, 3], [log(0.6), log(0.7), 0.0], "stop", alternatives=steps)
+    ranking = ranker.ranking(answer)
+    assert [name for name, _ in ranking] == ["alarm_set", "iot", "alarm_query"]
+    assert [p for _, p in ranking] == pytest.approx([0.42, 0.3, 0.18])
+    assert ranker.answer(answer, None).ranking == ranking
+
+    # A calibrated top probability; the others share the rest in proportion, and the sum stays at most 1.
+    sure = Predictor(
+        ModelCard(intents=["alarm_set", "alarm_query", "iot"], confidence_temperature=0.5),
+        RankedTokenizer(),
+        max_model_len=64,
+    ).ranking(answer)
+    assert sure[0] == ("alarm_set", pytest.approx(0.42**2))
+    assert sure[1][1] / sure[2][1] == pytest.approx(0.3 / 0.18)
+    assert sum(p for _, p in sure) <= 1 + 1e-9
+    # Free-form answers and answers that do not parse have no ranking.
+    assert ranker.answer(answer, None, constrained=False).ranking == []

@@ -23,10 +23,11 @@ OPEN = {
     "/health/ready",
     "/metrics",
     "/ui",
+    "/ui/",
     "/ui/assets",
     "/docs",
-    "/docs/oauth2-redirect",
-    "/redoc",
+    "/docs/",
+    "/docs/assets",
     "/openapi.json",
 }
 WRONG = [
@@ -63,12 +64,20 @@ def test_the_route_table_is_what_the_open_list_assumes() -> None:
     assert paths >= OPEN  # ...and every open entry names a real route (no stale allowances)
 
 
-def _request(url: str, method: str, path: str, authorization: str | None) -> httpx.Response:
+def _request(url: str, method: str, path: str, authorization: str | None, model: str = "") -> httpx.Response:
     if path == "/ui/assets":
         path += "/" + next(p.name for p in WEB_DIR.iterdir() if p.is_file() and p.name != "index.html")
+    if path == "/docs/assets":
+        path += "/swagger-ui.css"
     headers = {} if authorization is None else {"Authorization": authorization}
-    body = {"text": "lights off"} if path == "/v1/intents" else {"prompt": "hi", "max_new_tokens": 1}
-    return httpx.request(method, url + path, headers=headers, json=body if method == "POST" else None, timeout=60)
+    body = {
+        "/v1/intents": {"text": "lights off"},
+        "/v1/chat/completions": {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1},
+        "/v1/completions": {"model": model, "prompt": "hi", "max_tokens": 1},
+    }.get(path, {"prompt": "hi", "max_new_tokens": 1})
+    json = body if method == "POST" else None
+    # /ui/ and /docs/ redirect to the page (relatively, so that a gateway's prefix is kept)
+    return httpx.request(method, url + path, headers=headers, json=json, timeout=60, follow_redirects=True)
 
 
 @pytest.mark.parametrize(("method", "path"), ROUTES, ids=[f"{m} {p}" for m, p in ROUTES])
@@ -81,7 +90,7 @@ def test_every_route_refuses_missing_or_wrong_tokens_unless_open(live_server, me
         assert reply.status_code == 401, (authorization, reply.status_code, reply.text[:300])
         assert reply.json()["error"]["code"] == "unauthorized"
         assert len(authorization or "") < 8 or authorization not in reply.text  # never echoed
-    assert _request(live_server.url, method, path, live_server.token).status_code == 200
+    assert _request(live_server.url, method, path, live_server.token, live_server.model_dir.name).status_code == 200
 
 
 def test_auth_comes_before_validation(live_server) -> None:

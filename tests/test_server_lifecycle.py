@@ -133,10 +133,10 @@ def test_atypical_requests_are_answered_out_of_scope(servers) -> None:
 def test_max_new_tokens_is_clamped_not_refused(servers) -> None:
     server = servers["short"]
     wait_ready(server)
-    before = metric(httpx.get(f"{server.url}/metrics").text, "intentlm_generated_tokens_total", route="/")
+    before = metric(httpx.get(f"{server.url}/metrics").text, "vllm:generation_tokens_total")
     reply = httpx.post(f"{server.url}/", json={**LONG, "max_new_tokens": 10**9}, headers=headers(server), timeout=60)
     assert reply.status_code == 200, reply.text
-    after = metric(httpx.get(f"{server.url}/metrics").text, "intentlm_generated_tokens_total", route="/")
+    after = metric(httpx.get(f"{server.url}/metrics").text, "vllm:generation_tokens_total")
     assert 1 <= after - before <= 40
 
 

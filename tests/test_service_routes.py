@@ -34,12 +34,12 @@ class FakeEngine:
             raise ServiceError(422, "prompt_too_long", "too long", field="prompt")
         return [1, 2, 3], request
 
-    async def stream(self, ids: list[int], params: EasRequest, *, route: str) -> AsyncIterator[Generation]:
+    async def stream(self, ids: list[int], params: EasRequest) -> AsyncIterator[Generation]:
         text = ""
         for word in ("it", " is", " done"):
             await asyncio.sleep(self.delay)
             text += word
-            yield Generation(Decoded(text, [], [], None), len(ids), text.endswith("done"), None)
+            yield Generation(Decoded(text, [], [], None), text.endswith("done"))
 
     async def predict(self, text: str, **kwargs: object) -> IntentPrediction:
         return (await self.predict_many([text], **kwargs))[0]
