@@ -54,7 +54,7 @@ def test_intents_single_reply_shape_and_grammar(client, known) -> None:
     reply = client.post("/v1/intents", json={"text": SMART_HOME[0]})
     assert reply.status_code == 200, reply.text
     body = reply.json()
-    assert set(body) == {"intents", "raw", "confidence", "typicality", "latency_ms"}
+    assert set(body) == {"intents", "raw", "confidence", "ranking", "oos_reason", "typicality", "latency_ms"}
     assert 0.0 <= body["confidence"] <= 1.0 and 0.0 < body["typicality"] <= 1.0
     assert 0 < body["latency_ms"] < 60_000
     # Constrained decoding: whatever came back names only the model's intents and parses.
