@@ -27,6 +27,7 @@ SCRIPTS = (
     "client.py",
     "eval_bench.py",
     "load.py",
+    "predictor_cost.py",
     "serve_bench.py",
     "serve_transformers_baseline.py",
     "split_figures.py",
@@ -234,6 +235,11 @@ def test_typicality_pass_on_a_few_prompts(smarthome_model: Path, tmp_path: Path)
     done = run_script(BENCH / "typicality_pass.py", "--model", smarthome_model, "--data", data, "--repeat", "1")
     assert "shared prefix once per batch" in done.stdout and "whole prompts" in done.stdout
     assert "largest typicality difference" in done.stdout
+
+
+def test_predictor_cost_on_a_few_calls(smarthome_model: Path) -> None:
+    done = run_script(BENCH / "predictor_cost.py", "--model", smarthome_model, "--calls", "5")
+    assert "ranking:" in done.stdout and "answer:" in done.stdout
 
 
 def test_typicality_crossfit_on_a_few_records(smarthome_model: Path, tmp_path: Path) -> None:
