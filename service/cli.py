@@ -33,7 +33,7 @@ def settings_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
-_CLICK_TYPES: dict[Any, Any] = {int: int, float: float, Path: click.Path(path_type=Path, file_okay=False)}
+_CLICK_TYPES: dict[Any, Any] = {int: int, float: float, Path: click.Path(path_type=Path)}  # a file or a directory
 
 
 @click.command()

@@ -162,6 +162,28 @@ class Settings(EngineSettings):
         "`intentlm eval --calibrate`), else 0 = off.",
     )
 
+    # Traffic back to labels (service/uncertain.py). Off by default: the utterances are the users' words and can be
+    # personal data, so only an operator who decided to keep them turns it on.
+    record_uncertain: Path | None = Field(
+        None,
+        description="Opt-in (the file holds users' utterances, which can be personal data): append each "
+        "/v1/intents answer rejected as out-of-scope or below --record-uncertain-confidence to this JSON Lines "
+        "file, with its scores, for `intentlm data to-itag --from-log`.",
+    )
+    record_uncertain_confidence: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="With --record-uncertain: an in-scope answer whose confidence is below this is recorded "
+        "(out-of-scope ones always are); 0: only the out-of-scope ones.",
+    )
+    record_uncertain_max_bytes: int = Field(
+        64 << 20,
+        ge=1,
+        description="With --record-uncertain: stop appending (one warning) once the file would pass this size; "
+        "existing lines are never rotated away or truncated.",
+    )
+
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     log_format: Literal["text", "json"] = Field(
         "text",

@@ -27,6 +27,7 @@ from service.openai_serving import OpenAIServing
 from service.predictor import Decoded, Predictor
 from service.protocol import MAX_BATCH, EasRequest, IntentCall, IntentPrediction, RankedIntent
 from service.typicality import TypicalityScorer, typicality_scorer
+from service.uncertain import UncertainLog
 from service.vllm_forced import samples_beside_proposals
 
 if TYPE_CHECKING:
@@ -56,9 +57,11 @@ class IntentEngine:
         openai: OpenAIServing,
         *,
         greedy_only: bool = False,
+        uncertain: UncertainLog | None = None,
     ) -> None:
         """``openai``: vLLM's OpenAI serving over ``llm`` (service.openai_serving). ``greedy_only``: the engine cannot
-        sample beside jump-forward proposals (``samples_beside_proposals``)."""
+        sample beside jump-forward proposals (``samples_beside_proposals``). ``uncertain``: where uncertain
+        ``/v1/intents`` answers are recorded (``--record-uncertain``), None when that is off."""
         from vllm.sampling_params import RequestOutputKind
 
         self.llm = llm
@@ -67,6 +70,7 @@ class IntentEngine:
         self.predictor = predictor
         self.openai = openai
         self.greedy_only = greedy_only
+        self.uncertain = uncertain
         self.card = predictor.card
         self.tokenizer: Any = predictor.tokenizer
         self.admission = Admission(settings.max_in_flight, settings.max_queued, settings.admission_deadline)
@@ -111,7 +115,16 @@ class IntentEngine:
         greedy_only = "speculative_config" in args and not samples_beside_proposals()
         metadata = {"intents": card.intents, "out_of_scope_label": settings.oos_label, "max_batch": MAX_BATCH}
         openai = await OpenAIServing.create(llm, model_dir.name, str(model_dir), metadata)
-        engine = cls(llm, settings, model_dir, predictor, openai, greedy_only=greedy_only)
+        uncertain = None
+        if settings.record_uncertain is not None:
+            uncertain = UncertainLog(
+                settings.record_uncertain,
+                confidence=settings.record_uncertain_confidence,
+                max_bytes=settings.record_uncertain_max_bytes,
+                model=model_dir.name,
+            )
+            log.info("recording uncertain /v1/intents requests in %s", settings.record_uncertain)
+        engine = cls(llm, settings, model_dir, predictor, openai, greedy_only=greedy_only, uncertain=uncertain)
         await engine.predict("hello", route="warmup")
         return engine
 
@@ -119,6 +132,8 @@ class IntentEngine:
         self.llm.shutdown()
         if self.predictor.typicality is not None:
             self.predictor.typicality.shutdown()
+        if self.uncertain is not None:
+            self.uncertain.close()
 
     async def check_health(self) -> None:
         """Raises when the engine is dead (its core process exited or errored)."""
@@ -199,16 +214,29 @@ class IntentEngine:
         ]
         params = [self.predictor.sampling_params(text, history=history, constrained=constrained) for text in texts]
         if len(prompts) == 1:
-            return [await self._label(prompts[0], params[0], constrained, route, start)]
+            return [await self._label(prompts[0], params[0], constrained, route, start, texts[0], history)]
         return list(
-            await asyncio.gather(*(self._label(ids, p, constrained, route, start) for ids, p in zip(prompts, params)))
+            await asyncio.gather(
+                *(
+                    self._label(ids, p, constrained, route, start, text, history)
+                    for ids, p, text in zip(prompts, params, texts)
+                )
+            )
         )
 
     async def _label(
-        self, ids: list[int], params: SamplingParams, constrained: bool, route: str, start: float
+        self,
+        ids: list[int],
+        params: SamplingParams,
+        constrained: bool,
+        route: str,
+        start: float,
+        text: str,
+        history: Sequence[Sequence[str]],
     ) -> IntentPrediction:
         """Decode one prompt and answer it, with vLLM's typicality or, where a second pass scores it, that pass's,
-        which runs beside the generation, not after it."""
+        which runs beside the generation, not after it. ``text`` and ``history`` are the request, for the
+        uncertain-traffic log."""
         if self.predictor.typicality is None:
             generation = await self._final(ids, params)
             typicality = generation.decoded.typicality
@@ -229,6 +257,8 @@ class IntentEngine:
                 metrics.CONFIDENCE.labels(written).observe(answer.confidence)
                 if answer.typicality is not None:
                     metrics.TYPICALITY.labels(written).observe(answer.typicality)
+            if self.uncertain is not None and constrained:  # only intent answers carry the scores it orders by
+                self.uncertain.record(text, history, answer)
         return IntentPrediction(
             intents=[IntentCall(name=c.name, args=list(c.args)) for c in answer.calls],
             raw=answer.raw,

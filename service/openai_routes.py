@@ -1,7 +1,8 @@
 """The OpenAI-compatible routes: thin handlers over vLLM's serving objects (``service.openai_serving``).
 
-Each handler authenticates (the router's token), admits (the same bound and deadline as ``/v1/intents``), runs
-vLLM's handler under the request timeout and the client's disconnect, and renders vLLM's reply. Refusals of our
+Each handler authenticates (the router's token), admits (the same bound and deadline as ``/v1/intents``), clamps
+the answer's length to the server's cap (``max_new_tokens_cap``, as ``POST /`` does; vLLM's default is the whole
+context left), runs vLLM's handler under the request timeout and the client's disconnect, and renders vLLM's reply. Refusals of our
 own (401, 503, 422) are rendered in OpenAI's error body on these paths by the app's error handlers.
 """
 
@@ -17,11 +18,12 @@ from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 
 from service.engine import IntentEngine
 from service.openai_serving import IntentChatRequest, IntentCompletionRequest, constrain_chat, constrain_completion
+from service.protocol import OpenAIErrorBody
 from service.routes import OrjsonResponse, ready_engine, require_token, until_disconnect
 
 openai_api = APIRouter(
     dependencies=[Depends(require_token)],
-    responses={code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 422, 503, 504)},
+    responses={code: {"model": OpenAIErrorBody} for code in (400, 401, 404, 413, 422, 503, 504)},
     tags=["OpenAI-compatible"],
 )
 
@@ -40,6 +42,11 @@ async def chat_completions(
 ) -> Response:
     if body.intents:
         constrain_chat(body, engine.predictor)
+    cap = request.app.state.settings.max_new_tokens_cap
+    if body.max_completion_tokens is not None:
+        body.max_completion_tokens = min(body.max_completion_tokens, cap)
+    else:  # the field OpenAI deprecated, which clients still send
+        body.max_tokens = min(body.model_dump(include={"max_tokens"})["max_tokens"] or cap, cap)
     return await _serve(
         engine, request, body.stream, body.n, lambda: engine.openai.chat.create_chat_completion(body, request)
     )
@@ -51,6 +58,8 @@ async def completions(
 ) -> Response:
     if body.intents:
         constrain_completion(body, engine.predictor)
+    cap = request.app.state.settings.max_new_tokens_cap
+    body.max_tokens = min(body.max_tokens or cap, cap)
     many = isinstance(body.prompt, list) and bool(body.prompt) and not isinstance(body.prompt[0], int)
     return await _serve(
         engine,

@@ -126,3 +126,16 @@ class ErrorBody(BaseModel):
     """Every 4xx/5xx body."""
 
     error: ErrorDetail
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | int | None = None  # ours: our error code; vLLM's: the status
+
+
+class OpenAIErrorBody(BaseModel):
+    """Every 4xx/5xx body of the OpenAI-compatible routes (OpenAI's shape)."""
+
+    error: OpenAIErrorDetail

@@ -104,7 +104,15 @@ def from_itag(manifests: tuple[Path, ...], output: Path, label_key: str | None) 
 
 
 @data.command("to-itag")
-@click.argument("file", type=INPUT)
+@click.argument("file", type=INPUT, required=False)
+@click.option(
+    "--from-log",
+    "log_file",
+    type=INPUT,
+    default=None,
+    help="Instead of FILE: the uncertain-traffic log of `intentlm serve --record-uncertain`, most uncertain "
+    "first, deduplicated, pre-labelled with the server's answers.",
+)
 @click.option("-o", "--output", required=True, type=OUTPUT, help="The manifest file to write.")
 @click.option(
     "--model",
@@ -113,16 +121,31 @@ def from_itag(manifests: tuple[Path, ...], output: Path, label_key: str | None) 
     default=None,
     help="Pre-label every row with this model directory's predictions (needs vLLM).",
 )
-def to_itag(file: Path, output: Path, model_dir: Path | None) -> None:
+def to_itag(file: Path | None, log_file: Path | None, output: Path, model_dir: Path | None) -> None:
     """Write FILE's utterances as an iTAG manifest for a labelling job.
 
     FILE is a dataset; its outputs may be missing (utterances still to label) and are not
-    written: labels come from the labellers, or as suggestions from --model.
+    written: labels come from the labellers, or as suggestions from --model. With --from-log
+    LOG instead of FILE, the utterances are the server's uncertain requests.
     """
     from training.data.itag import write_manifest
 
-    records = _load(file, require_output=False)
-    prelabels = None
+    if (file is None) == (log_file is None):
+        raise click.UsageError("give either FILE or --from-log LOG")
+    if log_file is not None and model_dir is not None:
+        raise click.UsageError("--from-log rows are pre-labelled with the logged answers; --model does not apply")
+    prelabels: list[str | None] | None = None
+    if file is not None:
+        records = _load(file, require_output=False)
+    else:
+        from service.uncertain import read_log
+        from training.data.itag import uncertain_rows
+
+        try:
+            records, logged = uncertain_rows(read_log(log_file))
+        except DatasetError as exc:
+            raise click.ClickException(str(exc)) from None
+        prelabels = list(logged)
     if model_dir is not None:
         from training.data.itag import PrelabelError, prelabel
 

@@ -21,6 +21,8 @@ Decisions where the format leaves room:
   conversion fails naming the lines, unless the caller picks one key.
 * Problems are collected over all lines and reported together as ``file:line: what``, and nothing
   is written when there is one: a dataset missing rows silently is worse than no dataset.
+* ``uncertain_rows`` makes a job of the server's uncertain-traffic log (service.uncertain) instead
+  of a dataset: the same manifest, pre-labelled with the answers the server gave.
 """
 
 from __future__ import annotations
@@ -34,10 +36,11 @@ from typing import Any
 
 import orjson
 
-from service.dataset import DatasetError, Record, json_type
+from service.dataset import DatasetError, Record, json_type, same_text_key
 from service.errors import IntentlmError
 from service.intents import IntentParseError, canonical, parse, try_parse
 from service.modelcard import ModelCardError, atomic_write_bytes
+from service.uncertain import LogEntry
 
 PRELABEL_KEY = "label-intentlm"
 LABEL_PREFIX = "label-"
@@ -122,6 +125,25 @@ def write_manifest(
 ) -> None:
     """Write the manifest atomically (see ``manifest_bytes``)."""
     atomic_write_bytes(path, manifest_bytes(records, prelabels))
+
+
+def uncertain_rows(entries: Iterable[LogEntry]) -> tuple[list[Record], list[str]]:
+    """The labelling job of an uncertain-traffic log (service.uncertain): records and their pre-labels.
+
+    Most uncertain first: the answers the out-of-scope rule rejected (the user got the out-of-scope label), then the
+    in-scope ones; each group by rising confidence, ties in log order. A request asked several times (the same
+    instruction up to case and whitespace, history folded in) is one row, kept where it was most uncertain: labellers
+    label it once. The pre-label is the answer the server gave, ``oos()`` for a rejected request, so that a
+    labeller confirms or corrects what the user got; a record labelled ``oos()`` teaches training what is out of
+    scope (training.trainer.in_scope).
+    """
+    ordered = sorted(entries, key=lambda e: (not e.rejected, e.confidence, e.line))
+    kept: dict[str, LogEntry] = {}
+    for entry in ordered:
+        if entry.instruction:  # a whitespace-only request has nothing to label
+            kept.setdefault(same_text_key(entry.instruction), entry)
+    rows = list(kept.values())
+    return [Record(e.instruction, e.intents) for e in rows], [e.intents for e in rows]
 
 
 def prelabel(model_dir: str | os.PathLike[str], instructions: Sequence[str]) -> list[str | None]:
