@@ -143,6 +143,14 @@ def _install_error_handlers(app: FastAPI) -> None:
             request.url.path, 422, "invalid_request", f"{field}: {message}" if field else message, field
         )
 
+    from vllm.exceptions import VLLMClientError
+
+    @app.exception_handler(VLLMClientError)
+    async def refused_by_vllm(request: Request, exc: VLLMClientError) -> OrjsonResponse:
+        """vLLM's request models raise their own validation errors (not pydantic's) while FastAPI reads a body."""
+        field = getattr(exc, "parameter", None)
+        return error_response(request.url.path, 400, "invalid_request", str(exc), field)
+
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> OrjsonResponse:
         code = {400: "bad_body", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(

@@ -90,14 +90,20 @@ async def _serve(
 
 
 async def _vllm_errors(work: Awaitable[Any]) -> Any:
-    """vLLM's handler's reply, or its error as ``vllm serve`` renders it (vLLM raises some, such as an invalid
-    sampling parameter, for its own app's exception handlers to render)."""
+    """vLLM's handler's reply, or its error as ``vllm serve`` renders it: vLLM raises some (an invalid sampling
+    parameter, a message without a role) for its own app's exception handlers, which render its errors and Python's
+    ValueError, TypeError and OverflowError as 400."""
     from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
-    from vllm.exceptions import VLLMError
+    from vllm.exceptions import VLLMClientError
 
     try:
         return await work
-    except VLLMError as exc:
+    except (
+        VLLMClientError,
+        ValueError,
+        TypeError,
+        OverflowError,
+    ) as exc:  # not its server errors: a dead engine is 503
         return create_error_response(exc)
 
 
