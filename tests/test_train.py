@@ -20,7 +20,7 @@ from service.intents import parse
 from service.modelcard import read_card
 from service.prompt import build_prompt
 from service.typicality import IntentStatistics
-from tests.conftest import REPO, TRAIN_FILE, start_server
+from tests.conftest import REPO, TRAIN_FILE, link_model, start_server
 
 INTENTLM = str(REPO / ".venv" / "bin" / "intentlm")
 TINY = [
@@ -294,3 +294,18 @@ def test_sigkill_leaves_the_previous_model_and_resume_finishes(
     card = read_card(output)
     assert card is not None and card.train_config["num_train_epochs"] == 2
     assert card.metrics["optimizer_steps"] == 16 and (output / "intentlm.json").read_bytes() != old_card
+
+
+def test_continuing_from_a_trained_model_keeps_its_prompt(tiny_data: Path, base_model: Path, tmp_path: Path) -> None:
+    """``--base-model`` on a trained model: its card's system prompt carries over unless the run sets one."""
+    from service.modelcard import ModelCard, write_card
+    from training.config import resolve_config
+    from training.trainer import plan_training
+
+    trained = link_model(base_model, tmp_path / "trained")
+    write_card(trained, ModelCard(base_model=base_model.name, system_prompt="Answer with intents, please."))
+    config, explicit = resolve_config("lora", None, {"seq_length": "64", "load_in_4bit": "false"})
+    plan = plan_training(tiny_data, tmp_path / "out", config, explicit, trained)
+    assert plan.config.system_prompt == "Answer with intents, please."
+    config, explicit = resolve_config("lora", None, {"seq_length": "64", "system_prompt": "Mine."})
+    assert plan_training(tiny_data, tmp_path / "out", config, explicit, trained).config.system_prompt == "Mine."

@@ -172,6 +172,7 @@ def plan_training(
         )
     if resume and last_checkpoint(checkpoints_dir(output)) is None:
         raise TrainError(f"--resume: no complete checkpoint in {checkpoints_dir(output)}")
+    config = continued_prompt(config, explicit, base_model)
     if config.quantization:
         check_quantization_backend()
     records = load_dataset(data)
@@ -193,6 +194,17 @@ def plan_training(
     batch_note = fit_batch_to_data(config, len(examples), explicit, world_size())
     intents = sorted({call.name for r in records for call in r.calls()})
     return TrainPlan(config, data, records, examples, skipped, base_model, output, batch_note, intents, len(composed))
+
+
+def continued_prompt(config: TrainConfig, explicit: set[str], base_model: Path) -> TrainConfig:
+    """Continuing from a trained model (``--base-model`` with an ``intentlm.json``) keeps the prompt it was trained
+    and is served with: its card's system prompt and chat-template choice, unless the run sets them itself (a model
+    trained with a custom prompt would otherwise silently continue, and then be served, with the default one)."""
+    card = read_card(base_model)
+    if card is None:
+        return config
+    inherited = {"system_prompt": card.system_prompt, "apply_chat_template": card.apply_chat_template}
+    return config.model_copy(update={k: v for k, v in inherited.items() if k not in explicit})
 
 
 def check_quantization_backend() -> None:
