@@ -73,7 +73,10 @@ def route_label(path: str) -> str:
     """A bounded label for a request path (unknown paths share one label)."""
     if path in ROUTE_LABELS:
         return path
-    return "/ui" if path.startswith("/ui/") else "other"
+    for page in ("/ui", "/docs"):  # a page's assets count under the page
+        if path.startswith(page + "/"):
+            return page
+    return "other"
 
 
 def exposition() -> tuple[bytes, str]:

@@ -52,6 +52,10 @@ def test_chat_completion_with_the_intent_grammar_is_a_parseable_intent_call(sdk,
 def test_completion_and_free_chat(sdk, served) -> None:
     completion = sdk.completions.create(model=served, prompt="The kitchen lights are", max_tokens=4, temperature=0)
     assert completion.choices[0].text and completion.usage.completion_tokens == 4
+    constrained = sdk.completions.create(
+        model=served, prompt="turn the lights off ->", max_tokens=32, temperature=0, extra_body={"intents": True}
+    )
+    assert parse(constrained.choices[0].text)
     chat = sdk.chat.completions.create(
         model=served, messages=[{"role": "user", "content": "hello"}], max_tokens=4, temperature=0
     )

@@ -275,3 +275,11 @@ def test_serve_cli_without_a_model_is_a_clear_error(monkeypatch: pytest.MonkeyPa
     assert result.exit_code == 1 and "intentlm model prepare" in result.output
     result = CliRunner().invoke(serve, ["--port", "-5"])
     assert result.exit_code == 2 and "port" in result.output
+
+
+def test_route_labels_are_bounded_and_count_assets_under_their_page() -> None:
+    from service.metrics import route_label
+
+    assert route_label("/v1/chat/completions") == "/v1/chat/completions"
+    assert route_label("/ui/assets/app.js") == "/ui" and route_label("/docs/assets/swagger-ui.css") == "/docs"
+    assert route_label("/ui-evil") == "other" and route_label("/anything/else") == "other"
