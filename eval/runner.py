@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from service.config import EngineSettings
+from service.config import EngineSettings, lora_request
 from service.errors import IntentlmError, ServiceError
 from service.hardware import Dtype
 from service.intents import Call, format_calls
-from service.modelcard import ModelCard, is_model_dir, read_card
+from service.modelcard import ModelCard, is_adapter_dir, is_model_dir, read_card
 from service.predictor import INTENT_MAX_TOKENS, Decoded, Predictor
 from service.scope import DEFAULT_OOS_LABEL, OutOfScopeRule
 from service.typicality import typicality_scorer
@@ -58,8 +58,8 @@ class RunnerError(IntentlmError, RuntimeError):
 def model_card(model_dir: str | os.PathLike[str]) -> ModelCard:
     """The card of a model directory, or the defaults (with a warning) for a plain HF directory."""
     model_dir = Path(model_dir)
-    if not is_model_dir(model_dir):
-        raise RunnerError(f"{model_dir} is not a model directory (no config.json)")
+    if not is_model_dir(model_dir) and not is_adapter_dir(model_dir):
+        raise RunnerError(f"{model_dir} is not a model directory (no config.json) nor an adapter directory")
     card = read_card(model_dir)
     if card is None:
         log.warning("%s has no intentlm.json: using the default system prompt and chat template", model_dir)
@@ -137,7 +137,12 @@ def predict_with_model(
     except ServiceError as exc:
         raise RunnerError(f"{exc.field}: {exc.message}") from None
     params = [predictor.sampling_params(text, constrained=constrained) for text in instructions]
-    outputs = llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompts], params, use_tqdm=progress)
+    outputs = llm.generate(
+        [TokensPrompt(prompt_token_ids=ids) for ids in prompts],
+        params,
+        use_tqdm=progress,
+        lora_request=lora_request(Path(model_dir)),
+    )
     decoded = [Decoded.from_output(out) for out in outputs]
     typicality = [d.typicality for d in decoded]
     if predictor.typicality is not None:

@@ -7,6 +7,7 @@ so a log always says what a process was running with.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -16,7 +17,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.errors import IntentlmError
 from service.hardware import Dtype, choose_dtype
-from service.modelcard import base_model_dir, demo_model_dir, is_model_dir
+from service.modelcard import (
+    ADAPTER_CONFIG,
+    base_model_dir,
+    demo_model_dir,
+    is_adapter_dir,
+    is_model_dir,
+    weights_dir,
+)
 from service.scope import DEFAULT_OOS_LABEL
 
 
@@ -24,6 +32,7 @@ class ModelNotFoundError(IntentlmError, RuntimeError):
     """No model directory was given and no prepared one exists."""
 
 
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's allowed max_lora_rank values
 CPU_BLOCK_SIZE = 32  # tokens per KV block on the CPU: the smallest multiple of 32 its attention kernel takes
 
 
@@ -97,6 +106,13 @@ class EngineSettings(BaseSettings):
 
         from service.vllm_forced import speculative_config
 
+        weights = weights_dir(model_dir)
+        adapter = weights != model_dir
+        if adapter and self.jump_forward_on():
+            raise ValueError(
+                f"{model_dir} is an adapter directory: jump-forward decoding needs a merged model directory "
+                "(its proposer reads the card where vLLM loads the weights); turn it off with --jump-forward off"
+            )
         jump_forward = speculative_config(model_dir) if self.jump_forward_on() else None
         # Prefix caching reuses whole KV blocks: vLLM's CPU default of 128 tokens caches nothing of a system turn
         # shorter than that, so the CPU gets its kernel's smallest block (GPUs keep their default of 16).
@@ -105,7 +121,8 @@ class EngineSettings(BaseSettings):
             **blocks,
             **self.single_pass_typicality(model_dir),
             **({"speculative_config": jump_forward} if jump_forward else {}),
-            "model": str(model_dir),
+            **(lora_engine_args(model_dir) if adapter else {}),
+            "model": str(weights),
             "max_model_len": self.max_model_len,
             "max_num_seqs": self.max_in_flight,
             "dtype": choose_dtype(self.dtype).dtype,
@@ -116,6 +133,22 @@ class EngineSettings(BaseSettings):
             "generation_config": "vllm",  # sampling comes from the request, not generation_config.json
             "seed": 0,
         }
+
+
+def lora_engine_args(adapter: Path) -> dict[str, Any]:
+    """vLLM's LoRA arguments for serving one adapter directory over its base (the rank rounded up to one vLLM
+    supports)."""
+    rank = json.loads((adapter / ADAPTER_CONFIG).read_text())["r"]
+    return {"enable_lora": True, "max_loras": 1, "max_lora_rank": next(r for r in LORA_RANKS if r >= rank)}
+
+
+def lora_request(model_dir: Path) -> Any:
+    """The ``LoRARequest`` every generation of ``model_dir`` carries when it is an adapter directory, else None."""
+    if not is_adapter_dir(model_dir):
+        return None
+    from vllm.lora.request import LoRARequest
+
+    return LoRARequest(model_dir.name, 1, str(model_dir.absolute()))
 
 
 class Settings(EngineSettings):
@@ -199,8 +232,8 @@ class Settings(EngineSettings):
         """The model directory to serve: the one given, else the demo model, else the base model."""
         if self.model is not None:
             path = self.model.expanduser()
-            if not is_model_dir(path):
-                raise ModelNotFoundError(f"{path} is not a model directory (no config.json)")
+            if not is_model_dir(path) and not is_adapter_dir(path):
+                raise ModelNotFoundError(f"{path} is not a model directory (no config.json) nor an adapter directory")
             return path
         for candidate in (demo_model_dir(), base_model_dir()):
             if is_model_dir(candidate):

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from service import metrics
 from service.admission import Admission
-from service.config import Settings
+from service.config import Settings, lora_request
 from service.errors import ServiceError
 from service.logs import vllm_request_id
 from service.modelcard import ModelCard, read_card
@@ -68,6 +68,7 @@ class IntentEngine:
         self.settings = settings
         self.model_dir = model_dir
         self.predictor = predictor
+        self.lora = lora_request(model_dir)  # an adapter directory's, on every generation; None for merged weights
         self.openai = openai
         self.greedy_only = greedy_only
         self.uncertain = uncertain
@@ -114,7 +115,7 @@ class IntentEngine:
         )
         greedy_only = "speculative_config" in args and not samples_beside_proposals()
         metadata = {"intents": card.intents, "out_of_scope_label": settings.oos_label, "max_batch": MAX_BATCH}
-        openai = await OpenAIServing.create(llm, model_dir.name, str(model_dir), metadata)
+        openai = await OpenAIServing.create(llm, model_dir, metadata)
         uncertain = None
         if settings.record_uncertain is not None:
             uncertain = UncertainLog(
@@ -148,7 +149,8 @@ class IntentEngine:
         """Generate, yielding updates (vLLM's own metrics count their tokens and times)."""
         from vllm.inputs import TokensPrompt
 
-        async for out in self.llm.generate(TokensPrompt(prompt_token_ids=prompt_ids), params, vllm_request_id()):
+        prompt = TokensPrompt(prompt_token_ids=prompt_ids)
+        async for out in self.llm.generate(prompt, params, vllm_request_id(), lora_request=self.lora):
             yield Generation(decoded=Decoded.from_output(out), finished=out.finished)
 
     async def _final(self, prompt_ids: list[int], params: SamplingParams) -> Generation:
@@ -263,7 +265,7 @@ class IntentEngine:
             intents=[IntentCall(name=c.name, args=list(c.args)) for c in answer.calls],
             raw=answer.raw,
             confidence=round(answer.confidence, 6),
-            ranking=[RankedIntent(name=name, confidence=round(p, 6)) for name, p in answer.ranking],
+            ranking=[RankedIntent(name=name, confidence=round(p, 6)) for name, p in answer.ranking if p >= 5e-7],
             oos_reason=answer.rejection,
             typicality=None if answer.typicality is None else round(answer.typicality, 6),
             latency_ms=round((time.perf_counter() - start) * 1000, 3),

@@ -29,6 +29,7 @@ CARD_FILE = "intentlm.json"  # the card (``ModelCard``)
 STATS_FILE = "typicality.npz"  # the typicality statistics (service.typicality); not .safetensors: vLLM
 # would load every .safetensors file of the directory as weights
 ADAPTER_DIR = "adapter"  # a LoRA run's adapter, kept beside the merged weights
+ADAPTER_CONFIG = "adapter_config.json"  # PEFT's: what makes a directory an adapter directory
 TENSORBOARD_DIR = "tensorboard"  # the run's TensorBoard logs, unless the user sent them elsewhere
 CARD_FORMAT = 1
 BASE_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -97,6 +98,39 @@ class ModelCardError(IntentlmError, ValueError):
 def is_model_dir(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is a model directory that vLLM and transformers can load (it has a config)."""
     return (Path(path) / CONFIG_FILE).is_file()
+
+
+def is_adapter_dir(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is an adapter directory: a LoRA adapter (PEFT's files) with its own card and statistics, served
+    over the base model its card names instead of a merged copy (the bundled ``training/demo`` is one)."""
+    return (Path(path) / ADAPTER_CONFIG).is_file() and not is_model_dir(path)
+
+
+def weights_dir(model_dir: str | os.PathLike[str]) -> Path:
+    """The directory whose weights vLLM loads for ``model_dir``: itself, or an adapter's base model.
+
+    An adapter names its base as PEFT does (``base_model_name_or_path`` in ``adapter_config.json``), or its card does
+    (``base_model``): a path, or the name of a model prepared under ``$INTENTLM_HOME/models`` (``intentlm model
+    prepare`` puts the default base there)."""
+    model_dir = Path(model_dir)
+    if not is_adapter_dir(model_dir):
+        return model_dir
+    import json
+
+    card = read_card(model_dir)
+    names = [
+        json.loads((model_dir / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path"),
+        card and card.base_model,
+    ]
+    for name in filter(None, names):
+        for candidate in (Path(name).expanduser(), intentlm_home() / "models" / name):
+            if is_model_dir(candidate):
+                return candidate
+    raise ModelCardError(
+        f"{model_dir}: its base model ({' or '.join(map(repr, filter(None, names))) or 'unnamed'}) is neither a "
+        f"model directory nor prepared under {intentlm_home() / 'models'} (run `intentlm model prepare`, or write "
+        f"its path into base_model_name_or_path of {ADAPTER_CONFIG})"
+    )
 
 
 def read_card(model_dir: str | os.PathLike[str]) -> ModelCard | None:

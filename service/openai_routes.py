@@ -32,7 +32,8 @@ openai_api = APIRouter(
 async def list_models(engine: IntentEngine = Depends(ready_engine)) -> Response:
     listing = (await engine.openai.models.show_available_models()).model_dump()
     for entry in listing["data"]:
-        entry["intentlm"] = engine.openai.metadata
+        if entry["id"] == engine.model_dir.name:  # not an adapter's base, also listed
+            entry["intentlm"] = engine.openai.metadata
     return OrjsonResponse(listing)
 
 

@@ -12,12 +12,14 @@ conversation has none), so that an OpenAI client gets a parseable intent call. T
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 from vllm.entrypoints.openai.completion.protocol import CompletionRequest
 
+from service.modelcard import weights_dir
 from service.predictor import Predictor
 
 if TYPE_CHECKING:
@@ -57,16 +59,23 @@ class OpenAIServing:
     metadata: dict[str, Any]  # what /v1/models adds to the model's entry under "intentlm"
 
     @classmethod
-    async def create(cls, llm: AsyncLLM, name: str, model_path: str, metadata: dict[str, Any]) -> OpenAIServing:
+    async def create(cls, llm: AsyncLLM, model_dir: Path, metadata: dict[str, Any]) -> OpenAIServing:
         """The serving objects as ``vllm serve`` builds them (vllm.entrypoints.launchers.api_server.app_state), with
-        the model's chat template and no request logging (our own logs carry the request id)."""
+        the model's chat template and no request logging (our own logs carry the request id). The model is named by
+        its directory; an adapter directory is vLLM's LoRA module of that name over its base."""
         from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
         from vllm.entrypoints.openai.completion.serving import OpenAIServingCompletion
-        from vllm.entrypoints.openai.models.protocol import BaseModelPath
+        from vllm.entrypoints.openai.models.protocol import BaseModelPath, LoRAModulePath
         from vllm.entrypoints.openai.models.serving import OpenAIServingModels
         from vllm.renderers.online_renderer import OnlineRenderer
 
-        models = OpenAIServingModels(llm, [BaseModelPath(name=name, model_path=model_path)])
+        weights, where = weights_dir(model_dir), str(model_dir.absolute())  # noqa: ASYNC240 (no I/O: a path join)
+        if weights == model_dir:
+            models = OpenAIServingModels(llm, [BaseModelPath(name=model_dir.name, model_path=str(model_dir))])
+        else:
+            base = [BaseModelPath(name=weights.name, model_path=str(weights))]
+            adapter = [LoRAModulePath(name=model_dir.name, path=where)]
+            models = OpenAIServingModels(llm, base, lora_modules=adapter)
         await models.init_static_loras()
         template = {"request_logger": None, "chat_template": None, "chat_template_content_format": "auto"}
         renderer = OnlineRenderer(llm.model_config, llm.renderer, **template)

@@ -38,8 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
+from service.errors import IntentlmError
 from service.hardware import Dtype, choose_dtype
-from service.modelcard import STATS_FILE, atomic_write_bytes
+from service.modelcard import STATS_FILE, atomic_write_bytes, is_adapter_dir
 
 SHRINKAGE = 0.1  # chosen on the held-out intents of docs/decisions.md (0.01-0.5 all within 3 points)
 FOLDS = 20  # for ``held_out``; fewer folds fit on less data and score lower (docs/decisions.md)
@@ -253,4 +254,9 @@ def typicality_scorer(
     statistics = IntentStatistics.load(model_dir)
     if statistics is None:
         return None
+    if is_adapter_dir(model_dir):
+        raise IntentlmError(
+            f"{model_dir} is an adapter directory: typicality's second forward pass needs merged weights (it is "
+            "scored in vLLM's own pass where the engine is eager on one worker, the CPU default)"
+        )
     return TypicalityScorer(HiddenStates(model_dir, cpu_threads=cpu_threads, dtype=dtype), statistics)

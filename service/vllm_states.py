@@ -35,7 +35,7 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
     KVConnectorWorkerMetadata,
 )
 
-from service.modelcard import STATS_FILE
+from service.modelcard import CONFIG_FILE, STATS_FILE, weights_dir
 
 TYPICALITY_KEY = "intentlm_typicality"
 # The architectures whose vLLM class keeps prompt states here: those of the base models the docs name.
@@ -45,6 +45,7 @@ ARCHITECTURES = {
     "Qwen3ForCausalLM": "vllm.model_executor.models.qwen3",
 }
 CONNECTOR = "StatesConnector"
+STATISTICS_KEY = "intentlm_statistics"  # the connector's extra config: the directory of the statistics
 
 Chunk = tuple[int, tuple[int, ...]]  # (position of its first token, its token ids)
 
@@ -70,7 +71,7 @@ def single_pass_overrides(model_dir: Path, *, enforce_eager: bool, tensor_parall
 
     if not (model_dir / STATS_FILE).is_file() or not enforce_eager or tensor_parallel_size != 1:
         return {}
-    architectures = json.loads((model_dir / "config.json").read_text()).get("architectures") or []
+    architectures = json.loads((weights_dir(model_dir) / CONFIG_FILE).read_text()).get("architectures") or []
     if len(architectures) != 1 or architectures[0] not in ARCHITECTURES:
         return {}
     from vllm.config import KVTransferConfig
@@ -78,7 +79,10 @@ def single_pass_overrides(model_dir: Path, *, enforce_eager: bool, tensor_parall
     return {
         "hf_overrides": {"architectures": [f"Intentlm{architectures[0]}"]},
         "kv_transfer_config": KVTransferConfig(
-            kv_connector=CONNECTOR, kv_connector_module_path=__name__, kv_role="kv_both"
+            kv_connector=CONNECTOR,
+            kv_connector_module_path=__name__,
+            kv_role="kv_both",
+            kv_connector_extra_config={STATISTICS_KEY: str(model_dir)},  # an adapter's, not its base's
         ),
     }
 
@@ -163,7 +167,9 @@ class StatesConnector(KVConnectorBase_V1):
         super().__init__(vllm_config, role, kv_cache_config)
         from service.typicality import IntentStatistics
 
-        self._statistics = IntentStatistics.load(vllm_config.model_config.model)
+        self._statistics = IntentStatistics.load(
+            vllm_config.kv_transfer_config.kv_connector_extra_config[STATISTICS_KEY]
+        )
         self._prompts: dict[str, Sequence[int]] = {}  # requests whose prompt has not ended yet
         self._computed: dict[str, int] = {}
         self._scores: dict[str, float] = {}  # what the worker scored, until the request finishes

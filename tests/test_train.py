@@ -309,3 +309,23 @@ def test_continuing_from_a_trained_model_keeps_its_prompt(tiny_data: Path, base_
     assert plan.config.system_prompt == "Answer with intents, please."
     config, explicit = resolve_config("lora", None, {"seq_length": "64", "system_prompt": "Mine."})
     assert plan_training(tiny_data, tmp_path / "out", config, explicit, trained).config.system_prompt == "Mine."
+
+
+@pytest.mark.engine
+def test_adapter_run_writes_an_adapter_directory_that_eval_serves(
+    tiny_data: Path, base_model: Path, tmp_path: Path
+) -> None:
+    from service.modelcard import is_adapter_dir, weights_dir
+
+    output = tmp_path / "adapter"
+    result = run_intentlm("train", "--data", tiny_data, "--output", output, "--adapter", *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert is_adapter_dir(output) and weights_dir(output).resolve() == base_model.resolve()
+    for name in ("adapter_model.safetensors", "intentlm.json", "typicality.npz"):
+        assert (output / name).is_file(), name
+    assert not (output / "model.safetensors").exists()  # no merged copy
+    card = read_card(output)
+    assert card is not None and card.intents  # (no typicality threshold: 16 records are under its 99)
+    result = run_intentlm("eval", "--model", output, "--data", tiny_data, "--report", tmp_path / "report")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len((tmp_path / "report" / "predictions.jsonl").read_text().splitlines()) == 16

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import shutil
 from pathlib import Path
 
 from service.errors import IntentlmError
@@ -109,21 +108,12 @@ def prepare_demo_model(base: Path | None = None, target: Path | None = None, *, 
         return target
     if not is_prepared(base):
         raise BaseModelError(f"base model {base} is not prepared: run `intentlm model prepare` first")
-    card = read_card(DEMO_DIR)
-    if card is None:
+    if read_card(DEMO_DIR) is None:
         raise BaseModelError(f"{DEMO_DIR / 'intentlm.json'} is missing: the demo's card is part of the package")
 
-    from training.merge import merge_adapter, save_model_dir
+    from training.merge import merge_adapter_dir
 
-    merged = merge_adapter(base, DEMO_DIR)
-    with atomic_directory(target) as tmp:
-        save_model_dir(merged, base, tmp)
-        card_data = card.model_dump()
-        card_data["adapter_sha256"] = digest
-        write_card(tmp, ModelCard(**card_data))
-        if (DEMO_DIR / STATS_FILE).is_file():
-            shutil.copyfile(DEMO_DIR / STATS_FILE, tmp / STATS_FILE)
-    return target
+    return merge_adapter_dir(DEMO_DIR, target, base, adapter_sha256=digest)
 
 
 def model_info(model_dir: Path) -> dict[str, object]:

@@ -51,6 +51,29 @@ def prepare(force: bool, output: Path | None) -> None:
 @model.command()
 @click.option(
     "--model",
+    "adapter",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="The adapter directory to merge (intentlm train --adapter, training/demo).",
+)
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="The model directory to write.")
+def merge(adapter: Path, output: Path) -> None:
+    """Merge an adapter directory into its base: one model served without LoRA's cost (docs/serving.md)."""
+    from service.modelcard import ModelCardError, is_adapter_dir, weights_dir
+    from training.merge import merge_adapter_dir
+
+    if not is_adapter_dir(adapter):
+        raise click.ClickException(f"{adapter} is not an adapter directory (no adapter_config.json)")
+    try:
+        base = weights_dir(adapter)
+    except ModelCardError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"merged: {merge_adapter_dir(adapter, output, base)}")
+
+
+@model.command()
+@click.option(
+    "--model",
     "model_dir",
     required=True,
     type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -154,6 +177,12 @@ def _knobs_help() -> str:
     default=None,
     help="TensorBoard log directory (default: OUTPUT/tensorboard).",
 )
+@click.option(
+    "--adapter",
+    is_flag=True,
+    help="LoRA runs: write an adapter directory (adapter, card, statistics; served over its base) instead of "
+    "merged weights.",
+)
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint in OUTPUT.checkpoints.")
 @click.option(
     "--dry-run",
@@ -171,10 +200,11 @@ def train(
     base_model: Path | None,
     eval_data: Path | None,
     tensorboard_dir: Path | None,
+    adapter: bool,
     resume: bool,
     dry_run: bool,
 ) -> None:
-    """Fine-tune the base model on DATA into a merged model directory OUTPUT.
+    """Fine-tune the base model on DATA into a merged model directory OUTPUT (with --adapter: an adapter directory).
 
     Any knob is a flag spelled as its name in the reference, e.g. --learning_rate 3e-4 --lora_dim 16.
     The knobs, with their defaults, are listed below.
@@ -211,7 +241,10 @@ def train(
         return
     from training.trainer import train as run_training
 
-    card = run_training(plan, resume=resume, tensorboard_dir=tensorboard_dir, eval_data=eval_data)
+    try:
+        card = run_training(plan, resume=resume, tensorboard_dir=tensorboard_dir, eval_data=eval_data, adapter=adapter)
+    except TrainError as exc:
+        raise click.ClickException(str(exc)) from exc
     click.echo(json.dumps({"output": str(output), "metrics": card.metrics}, indent=2))
 
 

@@ -391,9 +391,18 @@ def make_progress_callback() -> Any:
 
 
 def train(
-    plan: TrainPlan, *, resume: bool = False, tensorboard_dir: Path | None = None, eval_data: Path | None = None
+    plan: TrainPlan,
+    *,
+    resume: bool = False,
+    tensorboard_dir: Path | None = None,
+    eval_data: Path | None = None,
+    adapter: bool = False,
 ) -> ModelCard:
-    """Train, merge and write the model directory atomically; returns its card."""
+    """Train, merge and write the model directory atomically; returns its card. ``adapter`` (a LoRA run): write an
+    adapter directory instead (the adapter, its card and statistics; served over the base, see
+    ``service.modelcard.is_adapter_dir``); its statistics come from a merged copy that is not kept."""
+    if adapter and not plan.config.is_lora:
+        raise TrainError("--adapter needs a LoRA run (lora or qlora): a full fine-tune has no adapter to keep")
     import torch
     from torch.utils.tensorboard import SummaryWriter
     from transformers.integrations import TensorBoardCallback
@@ -459,12 +468,15 @@ def train(
 
     merged = merge_adapter(plan.base_model, adapter_dir) if config.is_lora else trainer.model
     with atomic_directory(plan.output) as tmp:
-        save_model_dir(merged, plan.base_model, tmp)
-        statistics = typicality_statistics(tmp, plan.records, card)
+        weights = run_dir / "merged" if adapter else tmp
+        save_model_dir(merged, plan.base_model, weights)
+        statistics = typicality_statistics(weights, plan.records, card)
         if statistics is not None:
             statistics.save(tmp)
             card.typicality_threshold = typicality_threshold(statistics)
-        if config.is_lora:  # the adapter too: small, and what `intentlm model prepare` bundles for the demo
+        if adapter:  # PEFT's files at the top: the directory is the adapter, naming its base
+            shutil.copytree(adapter_dir, tmp, dirs_exist_ok=True)
+        elif config.is_lora:  # the adapter too: small, and what `intentlm model prepare` bundles for the demo
             shutil.copytree(adapter_dir, tmp / ADAPTER_DIR)
         write_card(tmp, card)
         if eval_data is not None:  # answered as served: the card's prompt, grammar and out-of-scope rule
