@@ -33,24 +33,27 @@ from service.errors import ServiceError
 from service.logs import REQUEST_ID, RequestIds
 from service.openai_routes import openai_api
 from service.openai_serving import OPENAI_ROUTES
-from service.routes import WEB_DIR, OrjsonResponse, api, ops
+from service.routes import WEB_DIR, OrjsonResponse, admin, api, ops
 
 log = logging.getLogger("intentlm.app")
 
 ENGINE_CHECK_INTERVAL_S = 1.0
 
-EngineFactory = Callable[[Settings, Path], Awaitable[Any]]
+EngineFactory = Callable[[Settings, dict[str, Path]], Awaitable[Any]]
 
 
-def create_app(settings: Settings, model_dir: Path, engine_factory: EngineFactory = IntentEngine.start) -> FastAPI:
-    """The app serving ``model_dir``; ``engine_factory`` is replaceable for routing unit tests."""
+def create_app(
+    settings: Settings, model_dirs: dict[str, Path], engine_factory: EngineFactory = IntentEngine.start
+) -> FastAPI:
+    """The app serving ``model_dirs`` (by name, the default first); ``engine_factory`` is replaceable for routing
+    unit tests."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async def load() -> None:
             try:
-                app.state.engine = await engine_factory(settings, model_dir)
-                log.info("ready: serving %s", model_dir)
+                app.state.engine = await engine_factory(settings, model_dirs)
+                log.info("ready: serving %s", ", ".join(f"{name} ({d})" for name, d in model_dirs.items()))
             except Exception as exc:  # reported by the CLI, which exits non-zero
                 log.exception("the engine failed to start")
                 app.state.load_error = exc
@@ -95,6 +98,8 @@ def create_app(settings: Settings, model_dir: Path, engine_factory: EngineFactor
     app.state.on_fatal = lambda: None
 
     app.include_router(api)
+    app.include_router(api, prefix="/models/{model_name}", include_in_schema=False)  # routes.model_named
+    app.include_router(admin)
     app.include_router(openai_api)
     app.include_router(ops)
     app.mount("/ui/assets", StaticFiles(directory=WEB_DIR), name="ui-assets")

@@ -26,6 +26,8 @@ def settings_options(command: Callable[..., Any]) -> Callable[..., Any]:
             decls, kwargs = [f"{flag}/--no-{flag[2:]}"], {"default": None}
         elif get_origin(annotation) is Literal:
             decls, kwargs = [flag], {"type": click.Choice(get_args(annotation))}
+        elif get_origin(annotation) is list:  # repeatable
+            decls, kwargs = [flag], {"multiple": True}
         else:
             kind = next((t for t in (get_args(annotation) or (annotation,)) if t is not type(None)), str)
             decls, kwargs = [flag], {"type": _CLICK_TYPES.get(kind, str)}
@@ -48,8 +50,8 @@ def serve(**flags: Any) -> None:
     from service.config import ModelNotFoundError, Settings
 
     try:
-        settings = Settings(**{name: value for name, value in flags.items() if value is not None})
-        model_dir = settings.resolve_model()
+        settings = Settings(**{name: value for name, value in flags.items() if value not in (None, ())})
+        model_dirs = settings.resolve_models()
     except ValidationError as exc:
         error = exc.errors()[0]
         raise click.UsageError(f"{'.'.join(map(str, error['loc']))}: {error['msg']}") from exc
@@ -60,19 +62,19 @@ def serve(**flags: Any) -> None:
 
     configure_logging(settings.log_level, settings.log_format)
 
-    summary = {**settings.summary(), "model": str(model_dir)}
+    summary = {**settings.summary(), "model": {name: str(d) for name, d in model_dirs.items()}}
     click.echo(f"intentlm serve settings: {json.dumps(summary, default=str)}", err=True)
     click.echo(f"intentlm serve: {choose_dtype(settings.dtype)}", err=True)
-    sys.exit(run_server(settings, model_dir))
+    sys.exit(run_server(settings, model_dirs))
 
 
-def run_server(settings: Any, model_dir: Path) -> int:
+def run_server(settings: Any, model_dirs: dict[str, Path]) -> int:
     """Run until SIGINT/SIGTERM; returns the exit status (1 when the engine failed to load or died)."""
     import uvicorn
 
     from service.app import create_app
 
-    app = create_app(settings, model_dir)
+    app = create_app(settings, model_dirs)
 
     class DrainingServer(uvicorn.Server):
         """On SIGTERM, report not-ready at once, then let uvicorn finish in-flight requests."""

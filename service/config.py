@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.errors import IntentlmError
 from service.hardware import Dtype, choose_dtype
@@ -32,6 +34,7 @@ class ModelNotFoundError(IntentlmError, RuntimeError):
     """No model directory was given and no prepared one exists."""
 
 
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # a served model's name: a URL segment and a metric label
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's allowed max_lora_rank values
 CPU_BLOCK_SIZE = 32  # tokens per KV block on the CPU: the smallest multiple of 32 its attention kernel takes
 
@@ -66,6 +69,12 @@ class EngineSettings(BaseSettings):
         "can sample beside the proposals (Triton: CUDA), off on a CPU without triton-cpu, where on makes POST / "
         "refuse sampling (temperature > 0 with top_k other than 1) with 422.",
     )
+    max_adapters: int = Field(
+        4,
+        ge=1,
+        description="With adapter directories: how many adapters one batch can mix (vLLM's max_loras); requests "
+        "for more wait for a slot.",
+    )
     cpu_kvcache_gib: int = Field(
         1, ge=1, description="CPU only: the KV cache vLLM reserves, in GiB (VLLM_CPU_KVCACHE_SPACE, when unset)."
     )
@@ -78,7 +87,17 @@ class EngineSettings(BaseSettings):
         "(VLLM_CPU_NUM_OF_RESERVED_CPU, when unset).",
     )
 
-    def single_pass_typicality(self, model_dir: Path) -> dict[str, Any]:
+    def lora_engine_args(self, adapters: Sequence[Path]) -> dict[str, Any]:
+        """vLLM's LoRA arguments for serving ``adapters`` over their base: up to ``max_adapters`` of them in one batch,
+        the largest rank among them rounded up to one vLLM supports (an adapter added later may not pass it)."""
+        rank = max(json.loads((adapter / ADAPTER_CONFIG).read_text())["r"] for adapter in adapters)
+        return {
+            "enable_lora": True,
+            "max_loras": max(self.max_adapters, len(adapters)),
+            "max_lora_rank": next(r for r in LORA_RANKS if r >= rank),
+        }
+
+    def single_pass_typicality(self, *model_dirs: Path) -> dict[str, Any]:
         """The engine arguments with which vLLM scores typicality in its own forward pass (service.vllm_states), or
         {} where it does not (typicality off, no statistics, graph capture, several workers, another architecture)."""
         if not self.typicality:
@@ -86,7 +105,7 @@ class EngineSettings(BaseSettings):
         from service.vllm_states import single_pass_overrides
 
         return single_pass_overrides(
-            model_dir, enforce_eager=self.enforce_eager, tensor_parallel_size=self.tensor_parallel_size
+            model_dirs, enforce_eager=self.enforce_eager, tensor_parallel_size=self.tensor_parallel_size
         )
 
     def jump_forward_on(self) -> bool:
@@ -95,8 +114,10 @@ class EngineSettings(BaseSettings):
 
         return self.jump_forward == "on" or (self.jump_forward == "auto" and samples_beside_proposals())
 
-    def engine_args(self, model_dir: Path) -> dict[str, Any]:
-        """The keyword arguments of vLLM's ``EngineArgs`` (and so of ``AsyncEngineArgs`` and ``LLM``).
+    def engine_args(self, *model_dirs: Path) -> dict[str, Any]:
+        """The keyword arguments of vLLM's ``EngineArgs`` (and so of ``AsyncEngineArgs`` and ``LLM``) for one model
+        directory, or for several that share one base (adapter directories, and at most the base itself): vLLM's LoRA
+        serves the adapters over it in one engine.
 
         Sets vLLM's CPU variables from these settings first (where the environment has not), since vLLM
         reads them from the environment when the engine starts."""
@@ -106,23 +127,30 @@ class EngineSettings(BaseSettings):
 
         from service.vllm_forced import speculative_config
 
-        weights = weights_dir(model_dir)
-        adapter = weights != model_dir
-        if adapter and self.jump_forward_on():
+        weights = {weights_dir(d).resolve() for d in model_dirs}
+        if len(weights) != 1:
             raise ValueError(
-                f"{model_dir} is an adapter directory: jump-forward decoding needs a merged model directory "
+                "one engine serves one base model: "
+                + ", ".join(f"{d} is {weights_dir(d)}" for d in model_dirs)
+                + " (serve adapter directories of one base together, each other model on its own server)"
+            )
+        (weights_of,) = weights
+        adapters = [d for d in model_dirs if is_adapter_dir(d)]
+        if adapters and self.jump_forward_on():
+            raise ValueError(
+                f"{adapters[0]} is an adapter directory: jump-forward decoding needs a merged model directory "
                 "(its proposer reads the card where vLLM loads the weights); turn it off with --jump-forward off"
             )
-        jump_forward = speculative_config(model_dir) if self.jump_forward_on() else None
+        jump_forward = speculative_config(weights_of) if self.jump_forward_on() else None
         # Prefix caching reuses whole KV blocks: vLLM's CPU default of 128 tokens caches nothing of a system turn
         # shorter than that, so the CPU gets its kernel's smallest block (GPUs keep their default of 16).
         blocks = {"block_size": CPU_BLOCK_SIZE} if current_platform.is_cpu() else {}
         return {
             **blocks,
-            **self.single_pass_typicality(model_dir),
+            **self.single_pass_typicality(*model_dirs),
             **({"speculative_config": jump_forward} if jump_forward else {}),
-            **(lora_engine_args(model_dir) if adapter else {}),
-            "model": str(weights),
+            **(self.lora_engine_args(adapters) if adapters else {}),
+            "model": str(weights_of),
             "max_model_len": self.max_model_len,
             "max_num_seqs": self.max_in_flight,
             "dtype": choose_dtype(self.dtype).dtype,
@@ -135,13 +163,6 @@ class EngineSettings(BaseSettings):
         }
 
 
-def lora_engine_args(adapter: Path) -> dict[str, Any]:
-    """vLLM's LoRA arguments for serving one adapter directory over its base (the rank rounded up to one vLLM
-    supports)."""
-    rank = json.loads((adapter / ADAPTER_CONFIG).read_text())["r"]
-    return {"enable_lora": True, "max_loras": 1, "max_lora_rank": next(r for r in LORA_RANKS if r >= rank)}
-
-
 def lora_request(model_dir: Path) -> Any:
     """The ``LoRARequest`` every generation of ``model_dir`` carries when it is an adapter directory, else None."""
     if not is_adapter_dir(model_dir):
@@ -151,10 +172,29 @@ def lora_request(model_dir: Path) -> Any:
     return LoRARequest(model_dir.name, 1, str(model_dir.absolute()))
 
 
+def _model_dirs(path: Path, name: str | None) -> list[tuple[str, Path]]:
+    """``path`` as served models: itself (a model or adapter directory), or the model directories in it."""
+    if is_model_dir(path) or is_adapter_dir(path):
+        return [(name or path.name, path)]
+    inside = sorted(d for d in path.iterdir() if is_model_dir(d) or is_adapter_dir(d)) if path.is_dir() else []
+    if not inside or name is not None:
+        raise ModelNotFoundError(
+            f"{path} is not a model directory (no config.json), nor an adapter directory (no {ADAPTER_CONFIG})"
+            + (", nor a folder of them" if name is None else "")
+        )
+    return [(d.name, d) for d in inside]
+
+
 class Settings(EngineSettings):
     """The server's settings: the engine's, and what the HTTP side adds."""
 
-    model: Path | None = Field(None, description="Model directory; default: the demo model, else the base model.")
+    model: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Model to serve: a model or adapter directory, NAME=DIR to name it (default: the directory's "
+        "name), or a folder of such directories; repeat (or separate with commas) for several adapters of one base, "
+        "served by one engine. The first is the default of requests that name none. Default: the demo model, else "
+        "the base model.",
+    )
     host: str = Field("127.0.0.1", description="Interface to listen on (0.0.0.0: every interface).")
     port: int = Field(8000, ge=0, le=65535, description="Port to listen on.")
     api_token: SecretStr | None = Field(None, description="When set, every route but health and metrics needs it.")
@@ -228,20 +268,39 @@ class Settings(EngineSettings):
     def max_admitted(self) -> int:
         return self.max_in_flight + self.max_queued
 
-    def resolve_model(self) -> Path:
-        """The model directory to serve: the one given, else the demo model, else the base model."""
-        if self.model is not None:
-            path = self.model.expanduser()
-            if not is_model_dir(path) and not is_adapter_dir(path):
-                raise ModelNotFoundError(f"{path} is not a model directory (no config.json) nor an adapter directory")
-            return path
-        for candidate in (demo_model_dir(), base_model_dir()):
-            if is_model_dir(candidate):
-                return candidate
-        raise ModelNotFoundError(
-            f"no model to serve: pass --model DIR, or run `intentlm model prepare` to create "
-            f"{demo_model_dir()} (or at least {base_model_dir()})"
-        )
+    @field_validator("model", mode="before")
+    @classmethod
+    def _split_models(cls, value: Any) -> Any:
+        """INTENTLM_MODEL=a,b and a single path, besides a list (the repeated flag)."""
+        if isinstance(value, (str, Path)):
+            return [part for part in str(value).split(",") if part]
+        return value
+
+    def resolve_models(self) -> dict[str, Path]:
+        """The models to serve, by name, the default first: those given, else the demo model, else the base model."""
+        if not self.model:
+            for candidate in (demo_model_dir(), base_model_dir()):
+                if is_model_dir(candidate):
+                    return {candidate.name: candidate}
+            raise ModelNotFoundError(
+                f"no model to serve: pass --model DIR, or run `intentlm model prepare` to create "
+                f"{demo_model_dir()} (or at least {base_model_dir()})"
+            )
+        models: dict[str, Path] = {}
+        for given in self.model:
+            name, _, where = given.rpartition("=")
+            for found_name, path in _model_dirs(Path(where).expanduser(), name or None):
+                if not MODEL_NAME.fullmatch(found_name):
+                    raise ModelNotFoundError(
+                        f"{given}: a model's name is 1-64 letters, digits, '.', '_' or '-', starting with a letter or "
+                        f"digit (name it with NAME=DIR); got {found_name!r}"
+                    )
+                if found_name in models:
+                    raise ModelNotFoundError(
+                        f"two models named {found_name!r} ({models[found_name]}, {path}): name one with NAME=DIR"
+                    )
+                models[found_name] = path
+        return models
 
     def summary(self) -> dict[str, object]:
         """The settings as printed at start-up; the token is masked."""

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from service import metrics
 from service.admission import Admission
-from service.config import Settings, lora_request
+from service.config import Settings
 from service.errors import ServiceError
 from service.logs import vllm_request_id
 from service.modelcard import ModelCard, read_card
@@ -32,6 +32,7 @@ from service.vllm_forced import samples_beside_proposals
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
+    from vllm.lora.request import LoRARequest
     from vllm.v1.engine.async_llm import AsyncLLM
 
 log = logging.getLogger("intentlm.engine")
@@ -45,94 +46,194 @@ class Generation:
     finished: bool
 
 
+MAX_MODELS = 32  # models one server holds at most: the bound of the ``model`` label of the metrics
+
+
+@dataclass
+class ServedModel:
+    """One model of the engine: its name, directory and predictor (service.predictor), and the LoRA request its
+    generations carry when it is an adapter directory (None for the merged weights the engine loaded)."""
+
+    name: str
+    model_dir: Path
+    predictor: Predictor
+    lora: LoRARequest | None
+    oos_label: str
+
+    def __post_init__(self) -> None:
+        self.known_intents = set(self.predictor.card.intents) | {self.oos_label}
+
+    @property
+    def card(self) -> ModelCard:
+        return self.predictor.card
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """What ``GET /v1/models`` adds to the model's entry under ``intentlm``."""
+        return {"intents": self.card.intents, "out_of_scope_label": self.oos_label, "max_batch": MAX_BATCH}
+
+    def intent_label(self, name: str) -> str:
+        """A bounded metric label: the model's intents and the out-of-scope label, anything else ``other``."""
+        return name if name in self.known_intents else "other"
+
+
 class IntentEngine:
-    """One served model: its predictor (service.predictor) over the vLLM engine, and the admission bound."""
+    """The served models (one, or adapters of one base) over one vLLM engine, and the admission bound they share."""
 
     def __init__(
         self,
         llm: AsyncLLM,
         settings: Settings,
-        model_dir: Path,
-        predictor: Predictor,
+        models: Sequence[ServedModel],
         openai: OpenAIServing,
         *,
         greedy_only: bool = False,
         uncertain: UncertainLog | None = None,
     ) -> None:
-        """``openai``: vLLM's OpenAI serving over ``llm`` (service.openai_serving). ``greedy_only``: the engine cannot
-        sample beside jump-forward proposals (``samples_beside_proposals``). ``uncertain``: where uncertain
-        ``/v1/intents`` answers are recorded (``--record-uncertain``), None when that is off."""
+        """``models``: the default (for requests that name none) first. ``openai``: vLLM's OpenAI serving over
+        ``llm`` (service.openai_serving). ``greedy_only``: the engine cannot sample beside jump-forward proposals
+        (``samples_beside_proposals``). ``uncertain``: where uncertain ``/v1/intents`` answers are recorded
+        (``--record-uncertain``), None when that is off."""
         from vllm.sampling_params import RequestOutputKind
 
         self.llm = llm
         self.settings = settings
-        self.model_dir = model_dir
-        self.predictor = predictor
-        self.lora = lora_request(model_dir)  # an adapter directory's, on every generation; None for merged weights
+        self.models: dict[str, ServedModel] = {}
         self.openai = openai
         self.greedy_only = greedy_only
         self.uncertain = uncertain
-        self.card = predictor.card
-        self.tokenizer: Any = predictor.tokenizer
         self.admission = Admission(settings.max_in_flight, settings.max_queued, settings.admission_deadline)
         self._kinds = RequestOutputKind
-        self._known_intents = set(self.card.intents) | {settings.oos_label}
-        metrics.MODEL_INFO.info(
+        self._lock = asyncio.Lock()  # one model added or removed at a time
+        for model in models:
+            self._register(model)
+        self.default = models[0].name
+
+    def _register(self, model: ServedModel) -> None:
+        self.models[model.name] = model
+        metrics.MODEL_INFO.labels(model.name).info(
             {
-                "name": model_dir.name,
-                "model_dir": str(model_dir),
-                "base_model": self.card.base_model,
-                "intents": str(len(self.card.intents)),
-                "max_model_len": str(settings.max_model_len),
+                "model_dir": str(model.model_dir),
+                "base_model": model.card.base_model,
+                "adapter": str(model.lora is not None).lower(),
+                "intents": str(len(model.card.intents)),
+                "max_model_len": str(self.settings.max_model_len),
             }
         )
 
+    def served(self, name: str | None) -> ServedModel:
+        """The model a request names (None: the default), or 404 naming the models there are."""
+        if name is None:
+            name = self.default
+        model = self.models.get(name)
+        if model is None:
+            raise ServiceError(
+                404, "model_not_found", f"no model {name!r} is served here (GET /v1/models lists them)", field="model"
+            )
+        return model
+
     @classmethod
-    async def start(cls, settings: Settings, model_dir: Path) -> IntentEngine:
-        """Load the model into a new vLLM engine and warm it up (grammar compiled, caches primed)."""
+    async def start(cls, settings: Settings, model_dirs: dict[str, Path]) -> IntentEngine:
+        """Load the models (the default first) into a new vLLM engine and warm each up (grammar compiled, caches
+        primed)."""
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        card = read_card(model_dir)
-        if card is None:
-            log.warning("%s has no intentlm.json: default system prompt, any intent name", model_dir)
-            card = ModelCard()
-        args = settings.engine_args(model_dir)
+        args = settings.engine_args(*model_dirs.values())
         llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
-        single_pass = bool(settings.single_pass_typicality(model_dir))
-        scorer = None
-        if not single_pass:  # a second pass: a model load, off the event loop
-            scorer = await asyncio.to_thread(server_typicality, settings, model_dir)
-        log.info("typicality: %s", typicality_source(single_pass, scorer))
-        predictor = Predictor(
-            card,
-            llm.get_tokenizer(),
-            max_model_len=settings.max_model_len,
-            max_new_tokens=settings.intent_max_tokens,
-            oos_rule=card.oos_rule(settings.oos_threshold, settings.typicality_threshold),
-            oos_label=settings.oos_label,
-            typicality=scorer,
-        )
+        single_pass = bool(settings.single_pass_typicality(*model_dirs.values()))
+        openai = await OpenAIServing.create(llm, model_dirs)
+        models = [
+            await served_model(settings, llm, openai, name, model_dir, single_pass=single_pass)
+            for name, model_dir in model_dirs.items()
+        ]
         greedy_only = "speculative_config" in args and not samples_beside_proposals()
-        metadata = {"intents": card.intents, "out_of_scope_label": settings.oos_label, "max_batch": MAX_BATCH}
-        openai = await OpenAIServing.create(llm, model_dir, metadata)
         uncertain = None
         if settings.record_uncertain is not None:
             uncertain = UncertainLog(
                 settings.record_uncertain,
                 confidence=settings.record_uncertain_confidence,
                 max_bytes=settings.record_uncertain_max_bytes,
-                model=model_dir.name,
             )
             log.info("recording uncertain /v1/intents requests in %s", settings.record_uncertain)
-        engine = cls(llm, settings, model_dir, predictor, openai, greedy_only=greedy_only, uncertain=uncertain)
-        await engine.predict("hello", route="warmup")
+        engine = cls(llm, settings, models, openai, greedy_only=greedy_only, uncertain=uncertain)
+        for name in engine.models:
+            await engine.predict("hello", model=name, route="warmup")
         return engine
+
+    async def add_model(self, name: str, model_dir: Path) -> ServedModel:
+        """Serve one more adapter directory of the engine's base, warmed up before any request can name it; the other
+        models keep answering meanwhile (``POST /v1/admin/models``)."""
+        from service.config import MODEL_NAME
+
+        async with self._lock:
+            if not MODEL_NAME.fullmatch(name):
+                raise ServiceError(
+                    422, "invalid_request", "a model's name is 1-64 letters, digits, '.', '_' or '-'", field="name"
+                )
+            if name in self.models:
+                raise ServiceError(409, "model_exists", f"a model {name!r} is served already", field="name")
+            if len(self.models) >= MAX_MODELS:
+                raise ServiceError(409, "too_many_models", f"this server holds {MAX_MODELS} models at most")
+            problem = await asyncio.to_thread(self._adapter_problem, model_dir)
+            if problem:
+                raise ServiceError(422, "invalid_model", problem, field="path")
+            await self.openai.add_adapter(name, model_dir)
+            single_pass = self.llm.vllm_config.kv_transfer_config is not None
+            model = await served_model(self.settings, self.llm, self.openai, name, model_dir, single_pass=single_pass)
+            self._register(model)
+            try:
+                await self.predict("hello", model=name, route="warmup")
+            except BaseException:
+                await self.remove_model(name, locked=True)
+                raise
+            log.info("serving %s as %r", model_dir, name)
+            return model
+
+    async def remove_model(self, name: str, *, locked: bool = False) -> None:
+        """Stop serving an adapter (``DELETE /v1/admin/models/{name}``); requests already decoding with it finish.
+        The default model stays: it is what requests that name none get."""
+        if not locked:
+            async with self._lock:
+                return await self.remove_model(name, locked=True)
+        model = self.served(name)
+        if name == self.default:
+            raise ServiceError(409, "default_model", f"{name!r} is the default model: it cannot be removed")
+        if model.lora is None:
+            raise ServiceError(409, "base_model", f"{name!r} is the engine's own weights: it cannot be removed")
+        del self.models[name]
+        await self.openai.remove_adapter(name)
+        await self.llm.remove_lora(model.lora.lora_int_id)
+        metrics.MODEL_INFO.remove(name)
+        log.info("no longer serving %r", name)
+
+    def _adapter_problem(self, model_dir: Path) -> str | None:
+        """Why ``model_dir`` cannot join this engine, or None."""
+        from service.modelcard import ADAPTER_CONFIG, ModelCardError, is_adapter_dir, weights_dir
+
+        lora_config = self.llm.vllm_config.lora_config
+        if lora_config is None:
+            return "this server was started without adapter directories (vLLM's LoRA is off): restart it with one"
+        if not is_adapter_dir(model_dir):
+            return f"{model_dir} is not an adapter directory (no {ADAPTER_CONFIG}, or a merged model)"
+        try:
+            base = weights_dir(model_dir).resolve()
+        except ModelCardError as exc:
+            return str(exc)
+        if str(base) != str(Path(self.llm.model_config.model).resolve()):
+            return f"{model_dir} is an adapter of {base}, not of this server's base {self.llm.model_config.model}"
+        import json
+
+        rank = json.loads((model_dir / ADAPTER_CONFIG).read_text())["r"]
+        if rank > lora_config.max_lora_rank:
+            return f"{model_dir} has rank {rank}, over the {lora_config.max_lora_rank} this engine was started with"
+        return None
 
     def shutdown(self) -> None:
         self.llm.shutdown()
-        if self.predictor.typicality is not None:
-            self.predictor.typicality.shutdown()
+        for model in self.models.values():
+            if model.predictor.typicality is not None:
+                model.predictor.typicality.shutdown()
         if self.uncertain is not None:
             self.uncertain.close()
 
@@ -145,22 +246,24 @@ class IntentEngine:
 
     # -------------------------------------------------------------------------------- generation
 
-    async def stream(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[Generation]:
-        """Generate, yielding updates (vLLM's own metrics count their tokens and times)."""
+    async def stream(
+        self, model: ServedModel, prompt_ids: list[int], params: SamplingParams
+    ) -> AsyncIterator[Generation]:
+        """Generate with ``model``, yielding updates (vLLM's own metrics count their tokens and times)."""
         from vllm.inputs import TokensPrompt
 
         prompt = TokensPrompt(prompt_token_ids=prompt_ids)
-        async for out in self.llm.generate(prompt, params, vllm_request_id(), lora_request=self.lora):
+        async for out in self.llm.generate(prompt, params, vllm_request_id(), lora_request=model.lora):
             yield Generation(decoded=Decoded.from_output(out), finished=out.finished)
 
-    async def _final(self, prompt_ids: list[int], params: SamplingParams) -> Generation:
+    async def _final(self, model: ServedModel, prompt_ids: list[int], params: SamplingParams) -> Generation:
         last = None
-        async for last in self.stream(prompt_ids, params):
+        async for last in self.stream(model, prompt_ids, params):
             pass
         assert last is not None and last.finished
         return last
 
-    def chat_params(self, request: EasRequest, prompt_ids: Sequence[int]) -> SamplingParams:
+    def chat_params(self, request: EasRequest, model: ServedModel, prompt_ids: Sequence[int]) -> SamplingParams:
         """Free-form sampling for ``POST /``; temperature 0 or top_k 1 (the reference client's default) is greedy:
         the most likely token whatever the temperature, so vLLM decodes it as greedy."""
         from vllm import SamplingParams
@@ -176,22 +279,24 @@ class IntentEngine:
             )
         # top_k at or above the vocabulary (or -1) means every token: vLLM's 0. Passing a huge value
         # through would overflow the engine's request serialisation (a 500 found by tests/test_hostile.py).
-        all_tokens = request.top_k == -1 or request.top_k >= len(self.tokenizer)
+        all_tokens = request.top_k == -1 or request.top_k >= len(model.predictor.tokenizer)
         return SamplingParams(
             temperature=0.0 if greedy else request.temperature,
             top_k=0 if greedy or all_tokens else request.top_k,
             top_p=1.0 if greedy else request.top_p,
             max_tokens=self._room(prompt_ids, request.max_new_tokens),
-            stop_token_ids=self.predictor.stop_ids,
+            stop_token_ids=model.predictor.stop_ids,
             output_kind=self._kinds.CUMULATIVE if request.use_stream_chat else self._kinds.FINAL_ONLY,
         )
 
-    def prepare_chat(self, request: EasRequest) -> tuple[list[int], SamplingParams]:
-        """``POST /``: the prompt's token ids and sampling (refusing a prompt that does not fit)."""
-        ids = self.predictor.prompt_ids(
+    def prepare_chat(self, request: EasRequest, name: str | None) -> tuple[ServedModel, list[int], SamplingParams]:
+        """``POST /``: the model named ``name``, the prompt's token ids and sampling (refusing a prompt that does not
+        fit)."""
+        model = self.served(name)
+        ids = model.predictor.prompt_ids(
             request.prompt, system_prompt=request.system_prompt, history=request.history, field="prompt"
         )
-        return ids, self.chat_params(request, ids)
+        return model, ids, self.chat_params(request, model, ids)
 
     async def predict(self, text: str, **kwargs: Any) -> IntentPrediction:
         """``POST /v1/intents`` for one utterance (keywords as ``predict_many``)."""
@@ -204,23 +309,27 @@ class IntentEngine:
         history: Sequence[Sequence[str]] = (),
         system_prompt: str | None = None,
         constrained: bool = True,
+        model: str | None = None,
         route: str = "/v1/intents",
         fields: Sequence[str] | None = None,
     ) -> list[IntentPrediction]:
-        """Label utterances: all prompts are checked first, then submitted at once (vLLM batches them)."""
+        """Label utterances with the model named ``model`` (None: the default): all prompts are checked first, then
+        submitted at once (vLLM batches them)."""
         start = time.perf_counter()
+        served = self.served(model)
+        predictor = served.predictor
         fields = fields or [f"texts.{i}" for i in range(len(texts))]
         prompts = [
-            self.predictor.prompt_ids(text, system_prompt=system_prompt, history=history, field=field)
+            predictor.prompt_ids(text, system_prompt=system_prompt, history=history, field=field)
             for text, field in zip(texts, fields)
         ]
-        params = [self.predictor.sampling_params(text, history=history, constrained=constrained) for text in texts]
+        params = [predictor.sampling_params(text, history=history, constrained=constrained) for text in texts]
         if len(prompts) == 1:
-            return [await self._label(prompts[0], params[0], constrained, route, start, texts[0], history)]
+            return [await self._label(served, prompts[0], params[0], constrained, route, start, texts[0], history)]
         return list(
             await asyncio.gather(
                 *(
-                    self._label(ids, p, constrained, route, start, text, history)
+                    self._label(served, ids, p, constrained, route, start, text, history)
                     for ids, p, text in zip(prompts, params, texts)
                 )
             )
@@ -228,6 +337,7 @@ class IntentEngine:
 
     async def _label(
         self,
+        model: ServedModel,
         ids: list[int],
         params: SamplingParams,
         constrained: bool,
@@ -239,28 +349,29 @@ class IntentEngine:
         """Decode one prompt and answer it, with vLLM's typicality or, where a second pass scores it, that pass's,
         which runs beside the generation, not after it. ``text`` and ``history`` are the request, for the
         uncertain-traffic log."""
-        if self.predictor.typicality is None:
-            generation = await self._final(ids, params)
+        predictor = model.predictor
+        if predictor.typicality is None:
+            generation = await self._final(model, ids, params)
             typicality = generation.decoded.typicality
         else:
             generation, typicality = await asyncio.gather(
-                self._final(ids, params), _typicality_of(self.predictor.typicality, ids)
+                self._final(model, ids, params), _typicality_of(predictor.typicality, ids)
             )
-        answer = self.predictor.answer(generation.decoded, typicality, constrained=constrained)
+        answer = predictor.answer(generation.decoded, typicality, constrained=constrained)
         if answer.malformed:
-            metrics.MALFORMED.labels(route).inc()
+            metrics.MALFORMED.labels(route, model.name).inc()
         if route != "warmup":
             if answer.rejection is not None:
-                metrics.OUT_OF_SCOPE.labels(answer.rejection).inc()
+                metrics.OUT_OF_SCOPE.labels(answer.rejection, model.name).inc()
             for call in answer.calls:
-                metrics.PREDICTED_INTENTS.labels(self._intent_label(call.name)).inc()
+                metrics.PREDICTED_INTENTS.labels(model.intent_label(call.name), model.name).inc()
             if answer.ranking:  # the intent the model wrote, also when the out-of-scope rule rejected it
-                written = self._intent_label(answer.ranking[0][0])
-                metrics.CONFIDENCE.labels(written).observe(answer.confidence)
+                written = model.intent_label(answer.ranking[0][0])
+                metrics.CONFIDENCE.labels(written, model.name).observe(answer.confidence)
                 if answer.typicality is not None:
-                    metrics.TYPICALITY.labels(written).observe(answer.typicality)
+                    metrics.TYPICALITY.labels(written, model.name).observe(answer.typicality)
             if self.uncertain is not None and constrained:  # only intent answers carry the scores it orders by
-                self.uncertain.record(text, history, answer)
+                self.uncertain.record(text, history, answer, model.name)
         return IntentPrediction(
             intents=[IntentCall(name=c.name, args=list(c.args)) for c in answer.calls],
             raw=answer.raw,
@@ -270,10 +381,6 @@ class IntentEngine:
             typicality=None if answer.typicality is None else round(answer.typicality, 6),
             latency_ms=round((time.perf_counter() - start) * 1000, 3),
         )
-
-    def _intent_label(self, name: str) -> str:
-        """A bounded metric label: the model's intents and the out-of-scope label, anything else ``other``."""
-        return name if name in self._known_intents else "other"
 
 
 async def _typicality_of(scorer: TypicalityScorer | None, ids: list[int]) -> float | None:
@@ -295,6 +402,32 @@ def typicality_source(single_pass: bool, scorer: TypicalityScorer | None) -> str
     if single_pass:
         return "vLLM's own forward pass"
     return "none (turned off, or the model has no typicality.npz)"
+
+
+async def served_model(
+    settings: Settings, llm: AsyncLLM, openai: OpenAIServing, name: str, model_dir: Path, *, single_pass: bool
+) -> ServedModel:
+    """One model of the engine, its predictor built from its card (``single_pass``: vLLM scores typicality in its own
+    forward pass; else a merged model's second pass scores it, off the event loop)."""
+    card = read_card(model_dir)
+    if card is None:
+        log.warning("%s has no intentlm.json: default system prompt, any intent name", model_dir)
+        card = ModelCard()
+    lora = openai.models.lora_requests.get(name)
+    scorer = None
+    if not single_pass and lora is None:
+        scorer = await asyncio.to_thread(server_typicality, settings, model_dir)
+    log.info("%s: typicality from %s", name, typicality_source(single_pass, scorer))
+    predictor = Predictor(
+        card,
+        llm.get_tokenizer(),
+        max_model_len=settings.max_model_len,
+        max_new_tokens=settings.intent_max_tokens,
+        oos_rule=card.oos_rule(settings.oos_threshold, settings.typicality_threshold),
+        oos_label=settings.oos_label,
+        typicality=scorer,
+    )
+    return ServedModel(name, model_dir, predictor, lora, settings.oos_label)
 
 
 def server_typicality(settings: Settings, model_dir: Path) -> TypicalityScorer | None:

@@ -5,7 +5,7 @@ The default registry is the one vLLM's engine registers its own ``vllm:*`` metri
 first token, its running and waiting requests, KV-cache use): ours are the HTTP view, admission
 and the answers. Labels are bounded: routes are the API's fixed paths, intents are the model's
 names (constrained decoding cannot invent others; free-form answers naming an unknown intent are
-counted under ``other``).
+counted under ``other``), models are the served ones (``service.engine.MAX_MODELS`` at most).
 """
 
 from __future__ import annotations
@@ -33,28 +33,32 @@ EXPECTED_SECONDS = Gauge(
     "intentlm_admission_expected_seconds",
     "The expected time to answer one more request (what the admission deadline compares).",
 )
-PREDICTED_INTENTS = Counter("intentlm_predicted_intents", "Intents returned by /v1/intents, by name.", ["intent"])
+PREDICTED_INTENTS = Counter(
+    "intentlm_predicted_intents", "Intents returned by /v1/intents, by name and model.", ["intent", "model"]
+)
 OUT_OF_SCOPE = Counter(
     "intentlm_out_of_scope_replies",
-    "/v1/intents replies turned out-of-scope, by the score under its threshold.",
-    ["score"],
+    "/v1/intents replies turned out-of-scope, by the score under its threshold and the model.",
+    ["score", "model"],
 )
 # Drift: where a model's answers sit, per intent, so that a shift in traffic shows before accuracy is measured.
 _SCORE_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 CONFIDENCE = Histogram(
     "intentlm_intent_confidence",
     "Calibrated confidence of /v1/intents answers, by the intent the model wrote (before the out-of-scope rule).",
-    ["intent"],
+    ["intent", "model"],
     buckets=_SCORE_BUCKETS,
 )
 TYPICALITY = Histogram(
     "intentlm_intent_typicality",
     "Typicality of /v1/intents prompts, by the intent the model wrote (before the out-of-scope rule).",
-    ["intent"],
+    ["intent", "model"],
     buckets=_SCORE_BUCKETS,
 )
-MALFORMED = Counter("intentlm_malformed_outputs", "Answers that do not parse as intent calls.", ["route"])
-MODEL_INFO = Info("intentlm_model", "The model being served.")
+MALFORMED = Counter(
+    "intentlm_malformed_outputs", "Answers that do not parse as intent calls, by route and model.", ["route", "model"]
+)
+MODEL_INFO = Info("intentlm_model", "The models being served, by name.", ["model"])
 
 TIMED_ROUTES = ("/", "/v1/intents", "/v1/chat/completions", "/v1/completions")  # the routes that generate
 ROUTE_LABELS = (
@@ -70,7 +74,12 @@ ROUTE_LABELS = (
 
 
 def route_label(path: str) -> str:
-    """A bounded label for a request path (unknown paths share one label)."""
+    """A bounded label for a request path (unknown paths share one label); ``/models/{name}/v1/intents`` counts as
+    ``/v1/intents`` (the answers' metrics carry the model)."""
+    if path.startswith("/models/"):
+        path = "/" + path.split("/", 3)[3] if path.count("/") >= 3 else path
+    if path.startswith("/v1/admin/"):
+        return "/v1/admin"
     if path in ROUTE_LABELS:
         return path
     for page in ("/ui", "/docs"):  # a page's assets count under the page

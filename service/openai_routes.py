@@ -28,12 +28,11 @@ openai_api = APIRouter(
 )
 
 
-@openai_api.get("/v1/models", summary="The served model (OpenAI's model list), with its intents")
+@openai_api.get("/v1/models", summary="The served models (OpenAI's model list), with their intents; the default first")
 async def list_models(engine: IntentEngine = Depends(ready_engine)) -> Response:
     listing = (await engine.openai.models.show_available_models()).model_dump()
-    for entry in listing["data"]:
-        if entry["id"] == engine.model_dir.name:  # not an adapter's base, also listed
-            entry["intentlm"] = engine.openai.metadata
+    entries = {entry["id"]: entry for entry in listing["data"]}  # vLLM's, with an adapters' base that is not served
+    listing["data"] = [entries[name] | {"intentlm": model.metadata} for name, model in engine.models.items()]
     return OrjsonResponse(listing)
 
 
@@ -41,8 +40,10 @@ async def list_models(engine: IntentEngine = Depends(ready_engine)) -> Response:
 async def chat_completions(
     body: IntentChatRequest, request: Request, engine: IntentEngine = Depends(ready_engine)
 ) -> Response:
+    model = engine.served(body.model)
+    body.model = model.name  # vLLM's default would be the adapters' base, not the default model
     if body.intents:
-        constrain_chat(body, engine.predictor)
+        constrain_chat(body, model.predictor)
     cap = request.app.state.settings.max_new_tokens_cap
     if body.max_completion_tokens is not None:
         body.max_completion_tokens = min(body.max_completion_tokens, cap)
@@ -57,8 +58,10 @@ async def chat_completions(
 async def completions(
     body: IntentCompletionRequest, request: Request, engine: IntentEngine = Depends(ready_engine)
 ) -> Response:
+    model = engine.served(body.model)
+    body.model = model.name
     if body.intents:
-        constrain_completion(body, engine.predictor)
+        constrain_completion(body, model.predictor)
     cap = request.app.state.settings.max_new_tokens_cap
     body.max_tokens = min(body.max_tokens or cap, cap)
     many = isinstance(body.prompt, list) and bool(body.prompt) and not isinstance(body.prompt[0], int)

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pydantic import Field
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 from vllm.entrypoints.openai.completion.protocol import CompletionRequest
 
-from service.modelcard import weights_dir
+from service.errors import ServiceError
+from service.modelcard import is_adapter_dir
 from service.predictor import Predictor
 
 if TYPE_CHECKING:
@@ -51,37 +52,53 @@ class IntentCompletionRequest(CompletionRequest):
 
 @dataclass(frozen=True)
 class OpenAIServing:
-    """vLLM's serving objects for one served model, built over the engine that serves ``/v1/intents``."""
+    """vLLM's serving objects for the served models, built over the engine that serves ``/v1/intents``."""
 
     models: OpenAIServingModels
     chat: OpenAIServingChat
     completion: OpenAIServingCompletion
-    metadata: dict[str, Any]  # what /v1/models adds to the model's entry under "intentlm"
 
     @classmethod
-    async def create(cls, llm: AsyncLLM, model_dir: Path, metadata: dict[str, Any]) -> OpenAIServing:
+    async def create(cls, llm: AsyncLLM, model_dirs: dict[str, Path]) -> OpenAIServing:
         """The serving objects as ``vllm serve`` builds them (vllm.entrypoints.launchers.api_server.app_state), with
-        the model's chat template and no request logging (our own logs carry the request id). The model is named by
-        its directory; an adapter directory is vLLM's LoRA module of that name over its base."""
+        the model's chat template and no request logging (our own logs carry the request id). Each model goes by its
+        name; an adapter directory is vLLM's LoRA module of that name over the engine's base (which vLLM lists too,
+        by its directory's name, unless a merged model served takes that place)."""
         from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
         from vllm.entrypoints.openai.completion.serving import OpenAIServingCompletion
         from vllm.entrypoints.openai.models.protocol import BaseModelPath, LoRAModulePath
         from vllm.entrypoints.openai.models.serving import OpenAIServingModels
         from vllm.renderers.online_renderer import OnlineRenderer
 
-        weights, where = weights_dir(model_dir), str(model_dir.absolute())  # noqa: ASYNC240 (no I/O: a path join)
-        if weights == model_dir:
-            models = OpenAIServingModels(llm, [BaseModelPath(name=model_dir.name, model_path=str(model_dir))])
-        else:
-            base = [BaseModelPath(name=weights.name, model_path=str(weights))]
-            adapter = [LoRAModulePath(name=model_dir.name, path=where)]
-            models = OpenAIServingModels(llm, base, lora_modules=adapter)
+        merged = [
+            BaseModelPath(name=name, model_path=str(d)) for name, d in model_dirs.items() if not is_adapter_dir(d)
+        ]
+        base = merged or [BaseModelPath(name=Path(llm.model_config.model).name, model_path=llm.model_config.model)]
+        adapters = [
+            LoRAModulePath(name=name, path=str(d.absolute())) for name, d in model_dirs.items() if is_adapter_dir(d)
+        ]
+        models = OpenAIServingModels(llm, base, lora_modules=adapters or None)
         await models.init_static_loras()
         template = {"request_logger": None, "chat_template": None, "chat_template_content_format": "auto"}
         renderer = OnlineRenderer(llm.model_config, llm.renderer, **template)
         chat = OpenAIServingChat(llm, models, "assistant", online_renderer=renderer, **template)
         completion = OpenAIServingCompletion(llm, models, online_renderer=renderer, request_logger=None)
-        return cls(models, chat, completion, metadata)
+        return cls(models, chat, completion)
+
+    async def add_adapter(self, name: str, adapter_dir: Path) -> None:
+        """Load one more adapter into the engine under ``name`` (vLLM's ``/v1/load_lora_adapter``)."""
+        from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+        from vllm.entrypoints.serve.lora.protocol import LoadLoRAAdapterRequest
+
+        where = str(adapter_dir.absolute())  # noqa: ASYNC240 (no I/O: a path join)
+        result = await self.models.load_lora_adapter(LoadLoRAAdapterRequest(lora_name=name, lora_path=where))
+        if isinstance(result, ErrorResponse):
+            raise ServiceError(422, "invalid_model", f"{adapter_dir}: {result.error.message}", field="path")
+
+    async def remove_adapter(self, name: str) -> None:
+        from vllm.entrypoints.serve.lora.protocol import UnloadLoRAAdapterRequest
+
+        await self.models.unload_lora_adapter(UnloadLoRAAdapterRequest(lora_name=name))
 
 
 def constrain_chat(request: IntentChatRequest, predictor: Predictor) -> None:

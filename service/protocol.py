@@ -18,6 +18,14 @@ MAX_BATCH = 64
 Text = Annotated[str, StringConstraints(max_length=MAX_TEXT_CHARS)]
 Utterance = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT_CHARS)]
 Turn = tuple[Text, Text]
+ModelName = Annotated[
+    str | None,
+    Field(
+        None,
+        max_length=64,
+        description="The served model that answers (GET /v1/models lists them); default: the server's first.",
+    ),
+]
 History = Annotated[list[Turn], Field(max_length=MAX_HISTORY_TURNS)]
 
 
@@ -38,6 +46,7 @@ class EasRequest(BaseModel):
     temperature: float = Field(0.0, ge=0, le=2, description="0 decodes greedily.")
     max_new_tokens: int = Field(64, ge=1, description="Clamped to the server's cap and the context left.")
     use_stream_chat: bool = False
+    model: ModelName
 
     @field_validator("top_k")
     @classmethod
@@ -73,6 +82,7 @@ class IntentsRequest(BaseModel):
     history: History = Field(default_factory=list)
     system_prompt: Text | None = None
     constrained: bool = Field(True, description="Decode within the grammar over the model's intents; false: free-form.")
+    model: ModelName
 
     def utterances(self) -> list[str] | None:
         """The texts to label, or None when the body gives neither or both of ``text`` and ``texts``."""
@@ -114,6 +124,15 @@ class IntentPrediction(BaseModel):
         "(service.typicality), in (0, 1]; null when the model has no typicality statistics.",
     )
     latency_ms: float
+
+
+class AddModelRequest(BaseModel):
+    """``POST /v1/admin/models``: serve one more adapter directory of the server's base, under ``name``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(max_length=64, description="What requests call it: letters, digits, '.', '_', '-'.")
+    path: str = Field(max_length=4096, description="The adapter directory, on the server's file system.")
 
 
 class ErrorDetail(BaseModel):

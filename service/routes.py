@@ -27,9 +27,10 @@ from fastapi.responses import (
 )
 
 from service import metrics
-from service.engine import IntentEngine
+from service.engine import IntentEngine, ServedModel
 from service.errors import ServiceError
 from service.protocol import (
+    AddModelRequest,
     EasRequest,
     EasResponse,
     ErrorBody,
@@ -96,8 +97,26 @@ async def until_disconnect(request: Request, work: Awaitable[T], timeout_s: floa
     raise ServiceError(504, "timeout", f"the request took longer than {timeout_s:g} s")
 
 
-_errors: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 401, 413, 422, 503, 504)}
+def model_named(request: Request, body: EasRequest | IntentsRequest) -> str | None:
+    """The model a request names: its path's (``/models/{model_name}/...``, for clients that cannot add a field, as
+    an EAS client posting to one URL per model), else its body's ``model``; None: the default."""
+    return request.path_params.get("model_name") or body.model
+
+
+def require_admin(request: Request) -> None:
+    """The admin routes change what the server serves from paths on its disk: they need the token to be set."""
+    if request.app.state.token is None:
+        raise ServiceError(403, "admin_disabled", "the admin routes need a token: start the server with --api-token")
+    require_token(request)
+
+
+_errors: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 401, 404, 413, 422, 503, 504)}
 api = APIRouter(dependencies=[Depends(require_token)], responses=_errors)
+admin = APIRouter(
+    dependencies=[Depends(require_admin)],
+    responses={403: {"model": ErrorBody}, 409: {"model": ErrorBody}} | _errors,
+    tags=["admin"],
+)
 ops = APIRouter()
 
 
@@ -117,17 +136,17 @@ _STREAM = {
     summary="EAS-compatible chat (streams with use_stream_chat)",
 )
 async def eas(body: EasRequest, request: Request, engine: IntentEngine = Depends(ready_engine)) -> Response:
-    ids, params = engine.prepare_chat(body)
+    model, ids, params = engine.prepare_chat(body, model_named(request, body))
     timeout_s = request.app.state.settings.request_timeout
     if body.use_stream_chat:
         engine.admission.check(1)
         return StreamingResponse(
-            _eas_stream(engine, body, ids, params, timeout_s), media_type="application/octet-stream"
+            _eas_stream(engine, body, model, ids, params, timeout_s), media_type="application/octet-stream"
         )
 
     async def run() -> str:
         last = ""
-        async for update in engine.stream(ids, params):
+        async for update in engine.stream(model, ids, params):
             last = update.decoded.text
         return last
 
@@ -137,13 +156,13 @@ async def eas(body: EasRequest, request: Request, engine: IntentEngine = Depends
 
 
 async def _eas_stream(
-    engine: IntentEngine, body: EasRequest, ids: list[int], params: Any, timeout_s: float
+    engine: IntentEngine, body: EasRequest, model: ServedModel, ids: list[int], params: Any, timeout_s: float
 ) -> AsyncIterator[bytes]:
     """NUL-terminated JSON objects, each with the full text so far (what EAS clients split on)."""
     with engine.admission.hold(1):
         try:
             async with asyncio.timeout(timeout_s):
-                async for update in engine.stream(ids, params):
+                async for update in engine.stream(model, ids, params):
                     yield orjson.dumps(_eas_reply(body, update.decoded.text)) + b"\0"
         except TimeoutError:
             return  # headers are sent; the stream ends early and the generation is aborted
@@ -162,7 +181,12 @@ async def intents(body: IntentsRequest, request: Request, engine: IntentEngine =
     texts = body.utterances()
     if texts is None:
         raise ServiceError(422, "invalid_request", "give exactly one of 'text' or 'texts'", field="text")
-    kwargs = {"history": body.history, "system_prompt": body.system_prompt, "constrained": body.constrained}
+    kwargs = {
+        "history": body.history,
+        "system_prompt": body.system_prompt,
+        "constrained": body.constrained,
+        "model": model_named(request, body),
+    }
     timeout_s = request.app.state.settings.request_timeout
     with engine.admission.slots(len(texts)):
         if body.text is not None:
@@ -184,7 +208,21 @@ async def ready(request: Request) -> Response:
         await engine.check_health()
     except Exception as exc:
         raise ServiceError(503, "engine_dead", f"the engine is not answering: {exc}", retry_after=5) from exc
-    return OrjsonResponse({"status": "ready", "model": str(engine.model_dir)})
+    return OrjsonResponse({"status": "ready", "model": engine.default, "models": list(engine.models)})
+
+
+@admin.post("/v1/admin/models", status_code=201, summary="Serve one more adapter of the server's base")
+async def add_model(body: AddModelRequest, engine: IntentEngine = Depends(ready_engine)) -> Response:
+    """Loads the adapter directory at ``path`` under ``name``, warms it up, then lets requests name it; the other
+    models keep answering. Needs a server started with adapter directories (vLLM's LoRA on) and a token."""
+    model = await engine.add_model(body.name, Path(body.path))
+    return OrjsonResponse({"id": model.name, "root": str(model.model_dir), "intentlm": model.metadata}, 201)
+
+
+@admin.delete("/v1/admin/models/{name}", summary="Stop serving an adapter (not the default model)")
+async def remove_model(name: str, engine: IntentEngine = Depends(ready_engine)) -> Response:
+    await engine.remove_model(name)
+    return OrjsonResponse({"id": name, "deleted": True})
 
 
 @ops.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)

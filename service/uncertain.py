@@ -55,12 +55,11 @@ class UncertainLog:
     user's request.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, confidence: float, max_bytes: int, model: str) -> None:
-        """``confidence``: in-scope answers below it are recorded; ``model``: the served model's name, on each line."""
+    def __init__(self, path: str | os.PathLike[str], *, confidence: float, max_bytes: int) -> None:
+        """``confidence``: in-scope answers below it are recorded."""
         self.path = Path(path)
         self.confidence = confidence
         self.max_bytes = max_bytes
-        self.model = model
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self._size = os.fstat(self._fd).st_size
@@ -71,8 +70,9 @@ class UncertainLog:
         """Whether an answer is uncertain: rejected as out-of-scope, or in scope below the confidence threshold."""
         return answer.rejection is not None or answer.confidence < self.confidence
 
-    def record(self, text: str, history: Sequence[Sequence[str]], answer: Answer) -> None:
-        """Append the request and its answer when ``wants`` it (and the cap leaves room)."""
+    def record(self, text: str, history: Sequence[Sequence[str]], answer: Answer, model: str) -> None:
+        """Append the request and its answer when ``wants`` it (and the cap leaves room); ``model``: the served model
+        that answered, by name."""
         if not self.wants(answer):
             return
         entry: dict[str, Any] = {"time": datetime.now(UTC).isoformat(), "text": text}
@@ -85,7 +85,7 @@ class UncertainLog:
             "typicality": answer.typicality,
             "oos_reason": answer.rejection,
             "ranking": answer.ranking,
-            "model": self.model,
+            "model": model,
         }
         self.write(orjson.dumps(entry) + b"\n")
 

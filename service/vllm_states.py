@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from vllm.distributed.kv_transfer.kv_connector.v1.base import (
@@ -35,7 +35,10 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
     KVConnectorWorkerMetadata,
 )
 
-from service.modelcard import CONFIG_FILE, STATS_FILE, weights_dir
+from service.modelcard import CONFIG_FILE, STATS_FILE, is_adapter_dir, weights_dir
+
+if TYPE_CHECKING:
+    from service.typicality import IntentStatistics
 
 TYPICALITY_KEY = "intentlm_typicality"
 # The architectures whose vLLM class keeps prompt states here: those of the base models the docs name.
@@ -45,7 +48,7 @@ ARCHITECTURES = {
     "Qwen3ForCausalLM": "vllm.model_executor.models.qwen3",
 }
 CONNECTOR = "StatesConnector"
-STATISTICS_KEY = "intentlm_statistics"  # the connector's extra config: the directory of the statistics
+STATISTICS_KEY = "intentlm_statistics"  # the connector's extra config: the base model's statistics directory, or ""
 
 Chunk = tuple[int, tuple[int, ...]]  # (position of its first token, its token ids)
 
@@ -53,6 +56,8 @@ Chunk = tuple[int, tuple[int, ...]]  # (position of its first token, its token i
 _wanted: dict[Chunk, list[str]] = {}
 # request id -> the prompt's last hidden state (set by the model, taken by the worker side after the step)
 _states: dict[str, torch.Tensor] = {}
+# request id -> the directory of the statistics its state is scored against (set with ``_wanted``)
+_models: dict[str, str] = {}
 
 
 def register() -> None:
@@ -64,25 +69,32 @@ def register() -> None:
         ModelRegistry.register_model(f"Intentlm{architecture}", f"service.vllm_states:Intentlm{architecture}")
 
 
-def single_pass_overrides(model_dir: Path, *, enforce_eager: bool, tensor_parallel_size: int) -> dict[str, Any]:
-    """The engine arguments that make vLLM score typicality itself, or {} where it cannot (the model has no
-    statistics or an architecture without a state-keeping class, the engine captures graphs, or several workers)."""
+def single_pass_overrides(
+    model_dirs: Sequence[Path], *, enforce_eager: bool, tensor_parallel_size: int
+) -> dict[str, Any]:
+    """The engine arguments that make vLLM score typicality itself, for the models of one engine (one base, maybe
+    adapters over it), or {} where it cannot (no model has statistics, the base's architecture has no state-keeping
+    class, the engine captures graphs, or several workers)."""
     import json
 
-    if not (model_dir / STATS_FILE).is_file() or not enforce_eager or tensor_parallel_size != 1:
+    with_statistics = [d for d in model_dirs if (d / STATS_FILE).is_file()]
+    if not with_statistics or not enforce_eager or tensor_parallel_size != 1:
         return {}
-    architectures = json.loads((weights_dir(model_dir) / CONFIG_FILE).read_text()).get("architectures") or []
+    weights = weights_dir(model_dirs[0])
+    architectures = json.loads((weights / CONFIG_FILE).read_text()).get("architectures") or []
     if len(architectures) != 1 or architectures[0] not in ARCHITECTURES:
         return {}
     from vllm.config import KVTransferConfig
 
+    base = next((str(d) for d in with_statistics if not is_adapter_dir(d)), "")
     return {
         "hf_overrides": {"architectures": [f"Intentlm{architectures[0]}"]},
         "kv_transfer_config": KVTransferConfig(
             kv_connector=CONNECTOR,
             kv_connector_module_path=__name__,
             kv_role="kv_both",
-            kv_connector_extra_config={STATISTICS_KEY: str(model_dir)},  # an adapter's, not its base's
+            # an adapter's statistics lie in its directory, which each of its requests names (its LoRA path)
+            kv_connector_extra_config={STATISTICS_KEY: base},
         ),
     }
 
@@ -148,6 +160,7 @@ def __getattr__(name: str) -> type:
 @dataclass
 class StatesMetadata(KVConnectorMetadata):
     wanted: dict[Chunk, list[str]] = field(default_factory=dict)
+    statistics: dict[str, str] = field(default_factory=dict)  # request id -> the directory of its model's statistics
 
 
 @dataclass
@@ -165,11 +178,9 @@ class StatesConnector(KVConnectorBase_V1):
 
     def __init__(self, vllm_config: Any, role: Any, kv_cache_config: Any = None) -> None:
         super().__init__(vllm_config, role, kv_cache_config)
-        from service.typicality import IntentStatistics
-
-        self._statistics = IntentStatistics.load(
-            vllm_config.kv_transfer_config.kv_connector_extra_config[STATISTICS_KEY]
-        )
+        self._base = vllm_config.kv_transfer_config.kv_connector_extra_config[STATISTICS_KEY]
+        self._statistics: dict[str, IntentStatistics | None] = {}  # by directory, loaded on first use (worker side)
+        self._models: dict[str, str] = {}  # request id -> its statistics directory, while its prompt runs
         self._prompts: dict[str, Sequence[int]] = {}  # requests whose prompt has not ended yet
         self._computed: dict[str, int] = {}
         self._scores: dict[str, float] = {}  # what the worker scored, until the request finishes
@@ -186,11 +197,13 @@ class StatesConnector(KVConnectorBase_V1):
             if new.prompt_token_ids is not None:
                 self._prompts[new.req_id] = new.prompt_token_ids
                 self._computed[new.req_id] = new.num_computed_tokens
+                self._models[new.req_id] = new.lora_request.lora_path if new.lora_request else self._base
         cached = scheduler_output.scheduled_cached_reqs
         for request_id, computed in zip(cached.req_ids, cached.num_computed_tokens):
             if request_id in self._prompts:
                 self._computed[request_id] = computed
         wanted: dict[Chunk, list[str]] = {}
+        statistics: dict[str, str] = {}
         for request_id, scheduled in scheduler_output.num_scheduled_tokens.items():
             prompt = self._prompts.get(request_id)
             if prompt is None:
@@ -198,8 +211,9 @@ class StatesConnector(KVConnectorBase_V1):
             start = self._computed[request_id]
             if start + scheduled >= len(prompt):  # this step ends the prompt
                 wanted.setdefault((start, tuple(prompt[start:])), []).append(request_id)
+                statistics[request_id] = self._models.pop(request_id)
                 del self._prompts[request_id], self._computed[request_id]
-        return StatesMetadata(wanted=wanted)
+        return StatesMetadata(wanted=wanted, statistics=statistics)
 
     def update_connector_output(self, connector_output: Any) -> None:
         if isinstance(connector_output.kv_connector_worker_meta, StatesWorkerMetadata):
@@ -210,6 +224,7 @@ class StatesConnector(KVConnectorBase_V1):
         ended its prompt (its first token stopped it) goes without: the worker's score arrives after it."""
         self._prompts.pop(request.request_id, None)
         self._computed.pop(request.request_id, None)
+        self._models.pop(request.request_id, None)
         score = self._scores.pop(request.request_id, None)
         return False, None if score is None else {TYPICALITY_KEY: score}
 
@@ -219,6 +234,8 @@ class StatesConnector(KVConnectorBase_V1):
         super().bind_connector_metadata(connector_metadata)
         _wanted.clear()
         _wanted.update(connector_metadata.wanted)
+        _models.clear()
+        _models.update(connector_metadata.statistics)
 
     def start_load_kv(self, forward_context: Any, **kwargs: Any) -> None:
         pass
@@ -235,8 +252,23 @@ class StatesConnector(KVConnectorBase_V1):
     def build_connector_worker_meta(self) -> StatesWorkerMetadata | None:
         """After the step: the typicality of the prompt states the model kept, for the scheduler side (which may
         run in another process)."""
-        if not _states or self._statistics is None:
+        if not _states:
             return None
-        ids = list(_states)
-        states = torch.stack([_states.pop(i) for i in ids]).numpy()
-        return StatesWorkerMetadata(dict(zip(ids, map(float, self._statistics.typicality(states)))))
+        scores: dict[str, float] = {}
+        by_model: dict[str, list[str]] = {}
+        for request_id in list(_states):
+            by_model.setdefault(_models.pop(request_id, ""), []).append(request_id)
+        for where, ids in by_model.items():
+            states = torch.stack([_states.pop(i) for i in ids]).numpy()
+            statistics = self._loaded(where)
+            if statistics is not None:
+                scores.update(zip(ids, map(float, statistics.typicality(states))))
+        return StatesWorkerMetadata(scores) if scores else None
+
+    def _loaded(self, where: str) -> IntentStatistics | None:
+        """The statistics in ``where`` (None for a model without them), loaded once."""
+        from service.typicality import IntentStatistics
+
+        if where not in self._statistics:
+            self._statistics[where] = IntentStatistics.load(where) if where else None
+        return self._statistics[where]

@@ -12,7 +12,7 @@ import openai
 import pytest
 from conftest import REPO, TRAIN_FILE, start_server
 
-from service.config import Settings, lora_engine_args
+from service.config import Settings
 from service.intents import parse
 from service.modelcard import ModelCardError, intentlm_home, is_adapter_dir, weights_dir
 
@@ -38,8 +38,8 @@ def test_an_adapter_names_its_base_by_path_or_prepared_name(base_model: Path, tm
     )
     with pytest.raises(ModelCardError, match="'nowhere'"):
         weights_dir(moved)
-    assert Settings(model=DEMO_ADAPTER).resolve_model() == DEMO_ADAPTER
-    assert lora_engine_args(DEMO_ADAPTER)["max_lora_rank"] >= config["r"]
+    assert Settings(model=[str(DEMO_ADAPTER)]).resolve_models() == {"demo": DEMO_ADAPTER}
+    assert Settings().lora_engine_args([DEMO_ADAPTER])["max_lora_rank"] >= config["r"]
 
 
 @pytest.mark.engine

@@ -37,10 +37,10 @@ def routes() -> set[str]:
     from service.app import create_app
     from service.config import Settings
 
-    async def no_engine(settings: Any, model_dir: Path) -> None:
+    async def no_engine(settings: Any, model_dirs: dict[str, Path]) -> None:
         raise AssertionError("the route table needs no engine")
 
-    app = create_app(Settings(), Path("model"), engine_factory=no_engine)
+    app = create_app(Settings(), {"model": Path("model")}, engine_factory=no_engine)
     return {route.path for route in app.routes}
 
 

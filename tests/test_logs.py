@@ -47,10 +47,10 @@ class TalkativeEngine(FakeEngine):
 
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[TestClient]:
-    async def factory(settings: Settings, model_dir: Path) -> TalkativeEngine:
-        return TalkativeEngine(settings, model_dir)
+    async def factory(settings: Settings, model_dirs: dict[str, Path]) -> TalkativeEngine:
+        return TalkativeEngine(settings, model_dirs)
 
-    app = create_app(Settings(api_token="secret"), tmp_path, factory)
+    app = create_app(Settings(api_token="secret"), {"m": tmp_path}, factory)
     with TestClient(app, headers={"Authorization": "secret"}, raise_server_exceptions=False) as c:
         yield c
 

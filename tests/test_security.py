@@ -45,7 +45,7 @@ WRONG = [
 
 def route_table() -> list[tuple[str, str]]:
     """(method, path) of every route the app factory builds: a new route is covered the day it is added."""
-    app = create_app(Settings(api_token="x"), WEB_DIR)  # no engine starts: the lifespan never runs here
+    app = create_app(Settings(api_token="x"), {"m": WEB_DIR})  # no engine starts: the lifespan never runs here
     table = []
     for route in app.routes:
         if isinstance(route, Mount):

@@ -175,15 +175,15 @@ def test_metrics_cover_the_design_list(client, live_server) -> None:
     assert metric(text, "intentlm_requests_total", route="/", status="422") >= 1
     assert metric(text, "intentlm_request_latency_seconds_count", route="/v1/intents") >= 1
     # drift: the answers' scores by the intent the model wrote (the test model has typicality statistics)
-    assert re.search(r'^intentlm_intent_confidence_count\{intent="\w+"\} [1-9]', text, re.M)
-    assert re.search(r'^intentlm_intent_typicality_count\{intent="\w+"\} [1-9]', text, re.M)
+    assert re.search(r'^intentlm_intent_confidence_count\{intent="\w+",model="[\w.-]+"\} [1-9]', text, re.M)
+    assert re.search(r'^intentlm_intent_typicality_count\{intent="\w+",model="[\w.-]+"\} [1-9]', text, re.M)
     # tokens and times are vLLM's own metrics, not counted twice
     for name in ("vllm:prompt_tokens_total", "vllm:generation_tokens_total", "vllm:time_to_first_token_seconds_count"):
         assert metric(text, name) >= 1, name
     assert "intentlm_prompt_tokens" not in text and "intentlm_time_to_first_token" not in text
     assert "intentlm_requests_in_flight " in text and "intentlm_requests_queued " in text
     assert "intentlm_malformed_outputs_total" in text or "intentlm_predicted_intents_total" in text
-    assert metric(text, "intentlm_model_info", name=live_server.model_dir.name) == 1
+    assert metric(text, "intentlm_model_info", model=live_server.model_dir.name, adapter="false") == 1
     assert re.search(r"^vllm:num_requests_running\{", text, re.M)  # vLLM's own engine metrics
     # every request shares the system prompt's turn (over 32 tokens here): its KV blocks come from the prefix cache
     assert metric(text, "vllm:prefix_cache_hits_total") > 0

@@ -22,20 +22,26 @@ from service.protocol import EasRequest, IntentCall, IntentPrediction
 class FakeEngine:
     """Answers like the real engine without a model; ``delay`` makes generations slow."""
 
-    def __init__(self, settings: Settings, model_dir: Path, delay: float = 0.0) -> None:
+    def __init__(self, settings: Settings, model_dirs: dict[str, Path], delay: float = 0.0) -> None:
         self.settings = settings
-        self.model_dir = model_dir
+        self.models = model_dirs
+        self.default = next(iter(model_dirs))
         self.admission = Admission(settings.max_in_flight, settings.max_queued)
         self.delay = delay
         self.healthy = True
 
-    def prepare_chat(self, request: EasRequest) -> tuple[list[int], object]:
+    def served(self, name: str | None) -> str:
+        if name not in (None, *self.models):
+            raise ServiceError(404, "model_not_found", f"no model {name!r}", field="model")
+        return name or self.default
+
+    def prepare_chat(self, request: EasRequest, name: str | None) -> tuple[str, list[int], object]:
         if request.prompt == "too long":
             raise ServiceError(422, "prompt_too_long", "too long", field="prompt")
-        return [1, 2, 3], request
+        return self.served(name), [1, 2, 3], request
 
-    async def stream(self, ids: list[int], params: EasRequest) -> AsyncIterator[Generation]:
-        text = ""
+    async def stream(self, model: str, ids: list[int], params: EasRequest) -> AsyncIterator[Generation]:
+        text = f"{model}: " if model != self.default else ""
         for word in ("it", " is", " done"):
             await asyncio.sleep(self.delay)
             text += word
@@ -44,11 +50,17 @@ class FakeEngine:
     async def predict(self, text: str, **kwargs: object) -> IntentPrediction:
         return (await self.predict_many([text], **kwargs))[0]
 
-    async def predict_many(self, texts: list[str], **kwargs: object) -> list[IntentPrediction]:
+    async def predict_many(
+        self, texts: list[str], model: str | None = None, **kwargs: object
+    ) -> list[IntentPrediction]:
+        name = self.served(model)
         await asyncio.sleep(self.delay)
         return [
             IntentPrediction(
-                intents=[IntentCall(name="echo", args=[t])], raw=f"echo({t})", confidence=1.0, latency_ms=1.0
+                intents=[IntentCall(name="echo", args=[t])],
+                raw=f"echo({t})" if name == self.default else f"{name}.echo({t})",
+                confidence=1.0,
+                latency_ms=1.0,
             )
             for t in texts
         ]
@@ -62,12 +74,13 @@ class FakeEngine:
 
 
 def make_client(tmp_path: Path, delay: float = 0.0, **settings: object) -> TestClient:
-    config = Settings(api_token="secret", **settings)
+    config = Settings(**({"api_token": "secret"} | settings))
 
-    async def factory(s: Settings, model_dir: Path) -> FakeEngine:
-        return FakeEngine(s, model_dir, delay)
+    async def factory(s: Settings, model_dirs: dict[str, Path]) -> FakeEngine:
+        return FakeEngine(s, model_dirs, delay)
 
-    return TestClient(create_app(config, tmp_path, factory), headers={"Authorization": "secret"})
+    models = {"m": tmp_path, "other": tmp_path}
+    return TestClient(create_app(config, models, factory), headers={"Authorization": "secret"})
 
 
 @pytest.fixture
@@ -138,11 +151,11 @@ def test_not_ready_until_loaded_and_load_failure_is_fatal(tmp_path: Path) -> Non
     loaded = asyncio.Event()
     fatal: list[bool] = []
 
-    async def slow_factory(s: Settings, model_dir: Path) -> FakeEngine:
+    async def slow_factory(s: Settings, model_dirs: dict[str, Path]) -> FakeEngine:
         await loaded.wait()
         raise RuntimeError("no such model")
 
-    app = create_app(Settings(), tmp_path, slow_factory)
+    app = create_app(Settings(), {"m": tmp_path}, slow_factory)
     app.state.on_fatal = lambda: fatal.append(True)
     with TestClient(app) as c:
         ready = c.get("/health/ready")
@@ -252,17 +265,24 @@ def test_settings_env_flags_and_masking(monkeypatch: pytest.MonkeyPatch, tmp_pat
 def test_model_resolution(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("INTENTLM_HOME", str(tmp_path / "empty-home"))
     with pytest.raises(ModelNotFoundError, match="intentlm model prepare"):
-        Settings().resolve_model()
+        Settings().resolve_models()
     with pytest.raises(ModelNotFoundError, match="no config.json"):
-        Settings(model=tmp_path).resolve_model()
+        Settings(model=[str(tmp_path)]).resolve_models()
     base = tmp_path / "empty-home" / "models" / "SmolLM2-135M-Instruct"
     base.mkdir(parents=True)
     (base / "config.json").write_text("{}")
-    assert Settings().resolve_model() == base
+    assert Settings().resolve_models() == {base.name: base}
     demo = base.parent / "smarthome-demo"
     demo.mkdir()
     (demo / "config.json").write_text("{}")
-    assert Settings().resolve_model() == demo
+    assert Settings().resolve_models() == {"smarthome-demo": demo}
+    # several: named by directory or NAME=DIR, a folder of model directories, the default first
+    assert Settings(model=f"lights={demo},{base}").resolve_models() == {"lights": demo, base.name: base}
+    assert list(Settings(model=[str(base.parent)]).resolve_models()) == [base.name, "smarthome-demo"]
+    with pytest.raises(ModelNotFoundError, match="two models named 'smarthome-demo'"):
+        Settings(model=[str(demo), str(base.parent)]).resolve_models()
+    with pytest.raises(ModelNotFoundError, match="a model's name"):
+        Settings(model=[f"bad name={demo}"]).resolve_models()
 
 
 def test_serve_cli_without_a_model_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -283,3 +303,26 @@ def test_route_labels_are_bounded_and_count_assets_under_their_page() -> None:
     assert route_label("/v1/chat/completions") == "/v1/chat/completions"
     assert route_label("/ui/assets/app.js") == "/ui" and route_label("/docs/assets/swagger-ui.css") == "/docs"
     assert route_label("/ui-evil") == "other" and route_label("/anything/else") == "other"
+
+
+def test_a_request_names_its_model_by_field_or_path(client: TestClient) -> None:
+    assert client.get("/health/ready").json() == {"status": "ready", "model": "m", "models": ["m", "other"]}
+    assert client.post("/v1/intents", json={"text": "a", "model": "other"}).json()["raw"] == "other.echo(a)"
+    assert client.post("/models/other/v1/intents", json={"text": "a"}).json()["raw"] == "other.echo(a)"
+    assert client.post("/models/m/v1/intents", json={"texts": ["a"]}).json()[0]["raw"] == "echo(a)"
+    assert client.post("/", json={"prompt": "hi", "model": "other"}).json()["response"] == "other: it is done"
+    assert client.post("/models/other/", json={"prompt": "hi"}).json()["response"] == "other: it is done"
+    for path, body in (("/v1/intents", {"text": "a", "model": "nope"}), ("/models/nope/", {"prompt": "hi"})):
+        reply = client.post(path, json=body)
+        assert reply.status_code == 404 and reply.json()["error"]["code"] == "model_not_found"
+    text = client.get("/metrics").text
+    assert 'intentlm_requests_total{route="/v1/intents",status="200"}' in text
+    assert 'route="other"' not in text.split("intentlm_requests_total")[1].split("# HELP")[0]
+
+
+def test_admin_routes_need_a_token_to_be_set(tmp_path: Path) -> None:
+    with make_client(tmp_path, api_token=None) as open_client:
+        reply = open_client.post("/v1/admin/models", json={"name": "x", "path": str(tmp_path)})
+        assert reply.status_code == 403 and reply.json()["error"]["code"] == "admin_disabled"
+    with make_client(tmp_path) as c:
+        assert c.delete("/v1/admin/models/x", headers={"Authorization": "wrong"}).status_code == 401

@@ -184,7 +184,7 @@ def test_the_out_of_scope_label_comes_from_the_server(live_server, page) -> None
     """The chip of the server's label (an odd one here, which must reach the page intact and inert) and the chips
     of a reply with an oos_reason are marked out of scope; a plain "oos" intent is not, on this server."""
     label = 'none_of_these"><script>window.pwned=true</script>'
-    html = TestClient(create_app(Settings(oos_label=label), WEB_DIR)).get("/ui").text  # no lifespan: no engine
+    html = TestClient(create_app(Settings(oos_label=label), {"m": WEB_DIR})).get("/ui").text  # no lifespan: no engine
     page.route(f"{live_server.url}/ui", lambda route: route.fulfill(body=html, content_type="text/html"))
     try:
         page.goto(f"{live_server.url}/ui")

@@ -25,7 +25,7 @@ def answer(intents: str, confidence: float, rejection: str | None = None, raw: s
 
 
 def uncertain_log(path: Path, *, confidence: float = 0.5, max_bytes: int = 1 << 20) -> UncertainLog:
-    return UncertainLog(path, confidence=confidence, max_bytes=max_bytes, model="smarthome")
+    return UncertainLog(path, confidence=confidence, max_bytes=max_bytes)
 
 
 def lines(path: Path) -> list[dict]:
@@ -35,9 +35,11 @@ def lines(path: Path) -> list[dict]:
 def test_records_only_uncertain_answers_with_their_scores(tmp_path: Path) -> None:
     path = tmp_path / "logs" / "uncertain.jsonl"
     log = uncertain_log(path)
-    log.record("lights off please", [], answer("iot_hue_lightoff()", 0.97))  # sure and in scope: not recorded
-    log.record("dim it", [["the lights", "iot_hue_lightdim()"]], answer("iot_hue_lightdim()", 0.3))
-    log.record("what is love", [], answer("oos()", 0.8, "typicality", raw="play_music()"))
+    log.record(
+        "lights off please", [], answer("iot_hue_lightoff()", 0.97), "smarthome"
+    )  # sure and in scope: not recorded
+    log.record("dim it", [["the lights", "iot_hue_lightdim()"]], answer("iot_hue_lightdim()", 0.3), "smarthome")
+    log.record("what is love", [], answer("oos()", 0.8, "typicality", raw="play_music()"), "smarthome")
     log.close()
     first, second = lines(path)
     assert set(first) == {
@@ -59,13 +61,13 @@ def test_concurrent_appends_give_whole_lines(tmp_path: Path) -> None:
     async def tasks() -> None:
         async def one(i: int) -> None:
             await asyncio.sleep(0)
-            log.record(f"task {i} {long}", [], answer("play_music()", 0.1))
+            log.record(f"task {i} {long}", [], answer("play_music()", 0.1), "smarthome")
 
         await asyncio.gather(*(one(i) for i in range(200)))
 
     def thread(t: int) -> None:
         for i in range(100):
-            log.record(f"thread {t} {i} {long}", [], answer("play_music()", 0.2))
+            log.record(f"thread {t} {i} {long}", [], answer("play_music()", 0.2), "smarthome")
 
     threads = [threading.Thread(target=thread, args=(t,)) for t in range(8)]
     for t in threads:
@@ -86,21 +88,21 @@ def test_the_cap_stops_appending_once_and_never_truncates(tmp_path: Path, caplog
     log = uncertain_log(path, max_bytes=len(old) + 3 * one)
     with caplog.at_level(logging.WARNING, logger="intentlm.uncertain"):
         for i in range(20):
-            log.record(f"utterance {i}", [], answer("play_music()", 0.1))
+            log.record(f"utterance {i}", [], answer("play_music()", 0.1), "smarthome")
     log.close()
     content = path.read_bytes()
     assert content.startswith(old) and len(content) <= len(old) + 3 * one
     assert 1 <= len(content.splitlines()) - 1 < 20
     assert [r.getMessage() for r in caplog.records if "cap" in r.getMessage()] == [caplog.records[0].getMessage()]
     # a restarted server counts what is there: still full, and the old lines stay
-    uncertain_log(path, max_bytes=len(old) + 3 * one).record("more", [], answer("play_music()", 0.1))
+    uncertain_log(path, max_bytes=len(old) + 3 * one).record("more", [], answer("play_music()", 0.1), "smarthome")
     assert path.read_bytes() == content
 
 
 def write_log(path: Path, entries: list[tuple[str, str, float, str | None]]) -> Path:
     log = uncertain_log(path, confidence=1.0)
     for text, intents, confidence, reason in entries:
-        log.record(text, [], answer(intents, confidence, reason))
+        log.record(text, [], answer(intents, confidence, reason), "smarthome")
     log.close()
     return path
 
@@ -140,7 +142,9 @@ def test_to_itag_from_log_orders_most_uncertain_first_and_deduplicates(tmp_path:
 def test_to_itag_from_log_folds_history_into_the_instruction(tmp_path: Path) -> None:
     log = tmp_path / "uncertain.jsonl"
     uncertain = uncertain_log(log)
-    uncertain.record("play jazz", [["I want to listen to music", "play_music()"]], answer("play_music(jazz)", 0.2))
+    uncertain.record(
+        "play jazz", [["I want to listen to music", "play_music()"]], answer("play_music(jazz)", 0.2), "smarthome"
+    )
     uncertain.close()
     code, out = invoke("to-itag", "--from-log", log, "-o", tmp_path / "m.manifest")
     assert code == 0, out
