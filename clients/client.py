@@ -120,9 +120,12 @@ class _BaseClient:
 
     _http: httpx.Client | httpx.AsyncClient
 
-    def __init__(self, base_url: str | None, token: str | None, retries: int | Retries, max_batch: int) -> None:
+    def __init__(
+        self, base_url: str | None, token: str | None, retries: int | Retries, max_batch: int, model: str | None
+    ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, not {max_batch}")
+        self.model = model
         self.base_url = (base_url or os.environ.get(URL_ENV) or DEFAULT_URL).rstrip("/")
         self.token = token if token is not None else os.environ.get(TOKEN_ENV) or None
         self.retries = retries if isinstance(retries, Retries) else Retries(total=retries)
@@ -138,17 +141,15 @@ class _BaseClient:
     def _chunks(self, texts: list[str]) -> list[list[str]]:
         return [texts[start : start + self.max_batch] for start in range(0, len(texts), self.max_batch)]
 
-    @staticmethod
-    def _predict_body(text: str, **fields: Any) -> dict[str, Any]:
-        return IntentRequest(text=text, **fields).model_dump(mode="json", exclude_none=True)
+    def _predict_body(self, text: str, **fields: Any) -> dict[str, Any]:
+        return IntentRequest(text=text, model=self.model, **fields).model_dump(mode="json", exclude_none=True)
 
-    @staticmethod
-    def _batch_body(texts: list[str], **fields: Any) -> dict[str, Any]:
-        return BatchIntentRequest(texts=list(texts), **fields).model_dump(mode="json", exclude_none=True)
+    def _batch_body(self, texts: list[str], **fields: Any) -> dict[str, Any]:
+        request = BatchIntentRequest(texts=list(texts), model=self.model, **fields)
+        return request.model_dump(mode="json", exclude_none=True)
 
-    @staticmethod
-    def _chat_body(prompt: str, history: History | None, stream: bool, **fields: Any) -> dict[str, Any]:
-        request = ChatRequest(prompt=prompt, history=history or [], use_stream_chat=stream, **fields)
+    def _chat_body(self, prompt: str, history: History | None, stream: bool, **fields: Any) -> dict[str, Any]:
+        request = ChatRequest(prompt=prompt, history=history or [], use_stream_chat=stream, model=self.model, **fields)
         return request.model_dump(mode="json", exclude_none=True)
 
     @classmethod
@@ -200,7 +201,8 @@ class IntentClient(_BaseClient):
     ``base_url`` defaults to ``$INTENTLM_URL`` then ``http://127.0.0.1:8000``; ``token`` to
     ``$INTENTLM_API_TOKEN``. ``timeout`` is in seconds (or an ``httpx.Timeout``); ``retries`` a
     count or a ``Retries``; ``max_batch`` the texts per request of ``predict_batch`` (lower it for a
-    server with a lower limit).
+    server with a lower limit); ``model`` the served model every request names, on a server of several
+    (``GET /v1/models``; None: the server's default).
 
     ``http_client`` is a caller's own ``httpx.Client`` (proxies, TLS, a mock transport, shared
     connections), used as configured: its timeout, headers, base URL and transport are left as they
@@ -216,9 +218,10 @@ class IntentClient(_BaseClient):
         timeout: float | httpx.Timeout | None = 30.0,
         retries: int | Retries = Retries(),
         max_batch: int = MAX_BATCH,
+        model: str | None = None,
         http_client: httpx.Client | None = None,
     ) -> None:
-        super().__init__(base_url, token, retries, max_batch)
+        super().__init__(base_url, token, retries, max_batch, model)
         self._owns_http = http_client is None
         self._http = http_client or httpx.Client(headers={"User-Agent": USER_AGENT}, timeout=timeout)
 
@@ -376,9 +379,10 @@ class AsyncIntentClient(_BaseClient):
         timeout: float | httpx.Timeout | None = 30.0,
         retries: int | Retries = Retries(),
         max_batch: int = MAX_BATCH,
+        model: str | None = None,
         http_client: httpx.AsyncClient | None = None,
     ) -> None:
-        super().__init__(base_url, token, retries, max_batch)
+        super().__init__(base_url, token, retries, max_batch, model)
         self._owns_http = http_client is None
         self._http = http_client or httpx.AsyncClient(headers={"User-Agent": USER_AGENT}, timeout=timeout)
 

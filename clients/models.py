@@ -58,6 +58,7 @@ class IntentRequest(BaseModel):
     history: History | None = None
     system_prompt: str | None = None
     constrained: bool | None = None
+    model: str | None = None
 
 
 class BatchIntentRequest(BaseModel):
@@ -67,6 +68,7 @@ class BatchIntentRequest(BaseModel):
     history: History | None = None
     system_prompt: str | None = None
     constrained: bool | None = None
+    model: str | None = None
 
 
 class SamplingParams(BaseModel):
@@ -85,6 +87,7 @@ class ChatRequest(SamplingParams):
     system_prompt: str | None = None
     history: History = Field(default_factory=list)
     use_stream_chat: bool = False
+    model: str | None = None  # an intentlm server's; EAS ignores unknown fields
 
 
 class ChatReply(BaseModel):

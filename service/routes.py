@@ -238,10 +238,13 @@ UI_PAGE = (WEB_DIR / "index.html").read_text()
 
 @ops.get("/ui", include_in_schema=False)
 async def ui(request: Request) -> Response:
-    """The try-it page, told this server's out-of-scope label (a ``<meta>``), so it marks the label the server
-    answers, whatever ``INTENTLM_OOS_LABEL`` says; the label is HTML-escaped like any text put into markup."""
+    """The try-it page, told this server's out-of-scope label and models (``<meta>`` tags), so it marks the label the
+    server answers, whatever ``INTENTLM_OOS_LABEL`` says, and offers the models it serves (none while the engine
+    loads); both are HTML-escaped like any text put into markup."""
     label = html.escape(request.app.state.settings.oos_label)
-    return HTMLResponse(UI_PAGE.replace("{{oos_label}}", label))
+    engine = request.app.state.engine
+    models = html.escape(",".join(engine.models) if engine is not None else "")
+    return HTMLResponse(UI_PAGE.replace("{{oos_label}}", label).replace("{{models}}", models))
 
 
 @ops.get("/docs", include_in_schema=False)

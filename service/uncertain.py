@@ -132,6 +132,7 @@ class LogEntry:
     confidence: float
     rejected: bool
     line: int
+    model: str | None = None  # the served model that answered (a server of several names it on each line)
 
 
 def read_log(path: str | os.PathLike[str]) -> Iterator[LogEntry]:
@@ -179,4 +180,7 @@ def _entry(path: Path, number: int, raw: bytes) -> LogEntry:
         parse(intents)
     except IntentParseError as exc:
         raise error(str(exc), "intents") from None
-    return LogEntry(fold_history(text, history), intents, float(confidence), reason is not None, number)
+    model = row.get("model")
+    if model is not None and not isinstance(model, str):
+        raise error(f"expected a string or null, found {json_type(model)}", "model")
+    return LogEntry(fold_history(text, history), intents, float(confidence), reason is not None, number, model)

@@ -56,26 +56,71 @@ def test_eval_answers_an_adapter_as_its_merged_model(base_model: Path, demo_mode
     assert all(a.typicality is not None and abs(a.typicality - m.typicality) < 0.01 for a, m in zip(adapter, merged))
 
 
+def adapter_copy(target: Path, intents: list[str] | None = None) -> Path:
+    """The demo adapter under another name, its card's intents narrowed to ``intents`` (so that its grammar differs)."""
+    copy = shutil.copytree(DEMO_ADAPTER, target)
+    card = json.loads((copy / "intentlm.json").read_text())
+    (copy / "intentlm.json").write_text(json.dumps(card | ({"intents": intents} if intents else {})))
+    return copy
+
+
+LIGHTS = ["iot_hue_lightoff", "iot_hue_lightup", "iot_cleaning"]
+
+
 @pytest.mark.engine
-def test_a_server_serves_an_adapter_directory(base_model: Path, tmp_path: Path) -> None:
-    server = start_server(DEMO_ADAPTER, tmp_path)
+def test_one_server_serves_several_adapters_each_under_its_own_grammar(base_model: Path, tmp_path: Path) -> None:
+    """Two adapter directories of one base in one engine (the demo, and a copy whose card allows 3 intents): each
+    request names its model by field, OpenAI's ``model`` or path, and decodes under that model's grammar; an admin
+    route adds and removes a third while the others answer."""
+    lights = adapter_copy(tmp_path / "lights", LIGHTS)
+    server = start_server(DEMO_ADAPTER, tmp_path, "--model", f"lights={lights}")
+    url, headers = server.url, {"Authorization": server.token}
+
+    def intents(text: str, path: str = "/v1/intents", **body: object) -> dict:
+        reply = httpx.post(f"{url}{path}", json={"text": text, **body}, headers=headers, timeout=60)
+        assert reply.status_code == 200, reply.text
+        return reply.json()
+
     try:
-        headers = {"Authorization": server.token}
-        reply = httpx.post(
-            f"{server.url}/v1/intents", json={"text": "turn off the lights"}, headers=headers, timeout=60
-        ).json()
+        reply = intents("turn off the lights")  # the default: the first --model
         assert reply["intents"] == [{"name": "iot_hue_lightoff", "args": []}] and reply["typicality"] > 0.5
-        sdk = openai.OpenAI(base_url=f"{server.url}/v1", api_key=server.token, max_retries=0)
-        listed = {model.id: model for model in sdk.models.list().data}
-        assert "intentlm" in listed["demo"].model_extra  # the adapter, listed beside its base
-        chat = sdk.chat.completions.create(
-            model="demo",
-            messages=[{"role": "user", "content": "wake me up at 7 am"}],
-            temperature=0,
-            max_tokens=24,
-            extra_body={"intents": True},
-        )
-        assert [call.name for call in parse(chat.choices[0].message.content)] == ["alarm_set"]
+        assert intents("wake me up at 7 am")["intents"][0]["name"] == "alarm_set"
+        narrowed = intents("wake me up at 7 am", model="lights")
+        assert narrowed["intents"][0]["name"] in LIGHTS and narrowed["typicality"] is not None
+        assert intents("wake me up at 7 am", path="/models/lights/v1/intents")["raw"] == narrowed["raw"]
+        missing = httpx.post(f"{url}/v1/intents", json={"text": "hi", "model": "nope"}, headers=headers)
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+
+        sdk = openai.OpenAI(base_url=f"{url}/v1", api_key=server.token, max_retries=0)
+        listed = {model.id: model.model_extra["intentlm"]["intents"] for model in sdk.models.list().data}
+        assert listed == {"demo": json.loads((DEMO_ADAPTER / "intentlm.json").read_text())["intents"], "lights": LIGHTS}
+        for model, allowed in (("demo", ["alarm_set"]), ("lights", LIGHTS)):
+            chat = sdk.chat.completions.create(
+                model=model,
+                messages=[{"role": "user", "content": "wake me up at 7 am"}],
+                temperature=0,
+                max_tokens=24,
+                extra_body={"intents": True},
+            )
+            assert parse(chat.choices[0].message.content)[0].name in allowed, model
+        with pytest.raises(openai.NotFoundError):
+            sdk.completions.create(model="nope", prompt="hi", max_tokens=2)
+
+        third = adapter_copy(tmp_path / "third")
+        added = httpx.post(f"{url}/v1/admin/models", json={"name": "third", "path": str(third)}, headers=headers)
+        assert added.status_code == 201, added.text
+        assert intents("wake me up at 7 am", model="third")["intents"][0]["name"] == "alarm_set"
+        again = httpx.post(f"{url}/v1/admin/models", json={"name": "third", "path": str(third)}, headers=headers)
+        assert again.status_code == 409
+        merged = httpx.post(f"{url}/v1/admin/models", json={"name": "x", "path": str(base_model)}, headers=headers)
+        assert merged.status_code == 422 and "not an adapter directory" in merged.json()["error"]["message"]
+        assert httpx.delete(f"{url}/v1/admin/models/third", headers=headers).status_code == 200
+        assert httpx.delete(f"{url}/v1/admin/models/demo", headers=headers).status_code == 409  # the default
+        gone = httpx.post(f"{url}/v1/intents", json={"text": "hi", "model": "third"}, headers=headers)
+        assert gone.status_code == 404
+
+        text = httpx.get(f"{url}/metrics").text
+        assert 'model="lights"' in text and 'intentlm_model_info{adapter="true"' in text
     finally:
         server.stop()
 

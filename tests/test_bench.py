@@ -27,6 +27,7 @@ SCRIPTS = (
     "client.py",
     "eval_bench.py",
     "load.py",
+    "many_models.py",
     "predictor_cost.py",
     "serve_bench.py",
     "serve_transformers_baseline.py",
@@ -298,6 +299,19 @@ def test_serve_bench_smallest(only: str, labels: set[str], base_model: Path, tmp
     assert all(
         level["requests"] == 2 and level["req_per_s"] > 0 for levels in report["results"].values() for level in levels
     )
+
+
+@pytest.mark.engine
+def test_many_models_bench_smallest(demo_model: Path, tmp_path: Path) -> None:
+    """Two adapters on one server against two single-model servers, two requests each: the ratios come out."""
+    out = tmp_path / "many.json"
+    args = ("--models", "2", "--concurrency", "2", "--requests", "2", "--out", out)
+    run_script(BENCH / "many_models.py", *args, timeout=600)
+    report = json.loads(out.read_text())
+    assert len(report["results"]) == 2 and all(
+        r["req_per_s"] > 0 and r["rss_mib"] > 0 for r in report["results"].values()
+    )
+    assert set(report["summary"]) == {"memory_ratio_rss", "memory_ratio_pss", "throughput_ratio"}
 
 
 @pytest.mark.engine

@@ -352,6 +352,15 @@ def test_predict_batch_refuses_a_reply_of_the_wrong_length() -> None:
         IntentClient(URL, http_client=http).predict_batch(["a", "b"])
 
 
+def test_a_client_names_its_model_in_every_body() -> None:
+    """On a server of several models, ``model`` goes into each request's body (and nothing when unset)."""
+    requests: list[httpx.Request] = []
+    with httpx.Client(transport=labelling_server(requests)) as http:
+        IntentClient(URL, model="lights", http_client=http).predict_batch(["a"])
+        IntentClient(URL, http_client=http).predict_batch(["a"])
+    assert [json.loads(r.content).get("model") for r in requests] == ["lights", None]
+
+
 def test_max_batch_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_batch"):
         IntentClient(URL, max_batch=0)

@@ -320,6 +320,10 @@ def test_a_request_names_its_model_by_field_or_path(client: TestClient) -> None:
     assert 'route="other"' not in text.split("intentlm_requests_total")[1].split("# HELP")[0]
 
 
+def test_the_page_offers_the_served_models(client: TestClient) -> None:
+    assert '<meta name="intentlm-models" content="m,other">' in client.get("/ui").text
+
+
 def test_admin_routes_need_a_token_to_be_set(tmp_path: Path) -> None:
     with make_client(tmp_path, api_token=None) as open_client:
         reply = open_client.post("/v1/admin/models", json={"name": "x", "path": str(tmp_path)})

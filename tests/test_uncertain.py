@@ -181,3 +181,19 @@ def test_to_itag_takes_a_file_or_a_log(tmp_path: Path) -> None:
     assert code == 2 and "either FILE or --from-log" in out
     code, out = invoke("to-itag", "--from-log", log, "--model", tmp_path, "-o", tmp_path / "m.manifest")
     assert code == 2 and "--model does not apply" in out
+
+
+def test_to_itag_from_a_log_of_several_models_takes_one(tmp_path: Path) -> None:
+    log = tmp_path / "uncertain.jsonl"
+    uncertain = uncertain_log(log)
+    uncertain.record("dim it", [], answer("iot_hue_lightdim()", 0.3), "lights")
+    uncertain.record("play jazz", [], answer("play_music(jazz)", 0.2), "music")
+    uncertain.close()
+    code, out = invoke("to-itag", "--from-log", log, "-o", tmp_path / "m.manifest")
+    assert code == 2 and "several models (lights, music)" in out and not (tmp_path / "m.manifest").exists()
+    code, out = invoke("to-itag", "--from-log", log, "--log-model", "music", "-o", tmp_path / "m.manifest")
+    assert code == 0, out
+    rows = [json.loads(line) for line in (tmp_path / "m.manifest").read_text(encoding="utf-8").splitlines()]
+    assert [r["data"]["instruction"] for r in rows] == ["play jazz"]
+    code, out = invoke("to-itag", "--from-log", log, "--log-model", "nope", "-o", tmp_path / "n.manifest")
+    assert code == 2 and "no request of --log-model 'nope'" in out

@@ -6,6 +6,8 @@
 const $ = (id) => document.getElementById(id);
 // The server's out-of-scope label (INTENTLM_OOS_LABEL), which it writes into the page.
 const OOS = document.querySelector('meta[name="intentlm-oos-label"]').content;
+// The served models, the default first (comma-separated: a model's name has no comma); a selector when several.
+const MODELS = document.querySelector('meta[name="intentlm-models"]').content.split(",").filter(Boolean);
 
 const percent = (p) => `${(p * 100).toFixed(1)} %`;
 
@@ -73,7 +75,11 @@ async function ask(event) {
     const reply = await fetch("v1/intents", {
       method: "POST",
       headers,
-      body: JSON.stringify({ text: $("utterance").value, constrained: $("constrained").checked }),
+      body: JSON.stringify({
+        text: $("utterance").value,
+        constrained: $("constrained").checked,
+        ...(MODELS.length > 1 ? { model: $("model").value } : {}),
+      }),
     });
     const body = await reply.json();
     if (!reply.ok) {
@@ -93,5 +99,7 @@ async function ask(event) {
 document.addEventListener("DOMContentLoaded", () => {
   $("token").value = sessionStorage.getItem("intentlm-token") || "";
   $("ask").addEventListener("submit", ask);
+  $("model").replaceChildren(...MODELS.map((name) => new Option(name, name)));
+  $("model-box").hidden = MODELS.length < 2;
   $("utterance").focus();
 });

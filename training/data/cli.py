@@ -113,6 +113,12 @@ def from_itag(manifests: tuple[Path, ...], output: Path, label_key: str | None) 
     help="Instead of FILE: the uncertain-traffic log of `intentlm serve --record-uncertain`, most uncertain "
     "first, deduplicated, pre-labelled with the server's answers.",
 )
+@click.option(
+    "--log-model",
+    default=None,
+    help="With --from-log: only the requests this served model answered (required when the log names several: "
+    "each model's utterances go to a job of its own intents).",
+)
 @click.option("-o", "--output", required=True, type=OUTPUT, help="The manifest file to write.")
 @click.option(
     "--model",
@@ -121,7 +127,9 @@ def from_itag(manifests: tuple[Path, ...], output: Path, label_key: str | None) 
     default=None,
     help="Pre-label every row with this model directory's predictions (needs vLLM).",
 )
-def to_itag(file: Path | None, log_file: Path | None, output: Path, model_dir: Path | None) -> None:
+def to_itag(
+    file: Path | None, log_file: Path | None, log_model: str | None, output: Path, model_dir: Path | None
+) -> None:
     """Write FILE's utterances as an iTAG manifest for a labelling job.
 
     FILE is a dataset; its outputs may be missing (utterances still to label) and are not
@@ -132,6 +140,8 @@ def to_itag(file: Path | None, log_file: Path | None, output: Path, model_dir: P
 
     if (file is None) == (log_file is None):
         raise click.UsageError("give either FILE or --from-log LOG")
+    if log_model is not None and log_file is None:
+        raise click.UsageError("--log-model chooses among the requests of --from-log LOG")
     if log_file is not None and model_dir is not None:
         raise click.UsageError("--from-log rows are pre-labelled with the logged answers; --model does not apply")
     prelabels: list[str | None] | None = None
@@ -142,9 +152,19 @@ def to_itag(file: Path | None, log_file: Path | None, output: Path, model_dir: P
         from training.data.itag import uncertain_rows
 
         try:
-            records, logged = uncertain_rows(read_log(log_file))
+            entries = list(read_log(log_file))
         except DatasetError as exc:
             raise click.ClickException(str(exc)) from None
+        models = sorted({entry.model or "" for entry in entries})
+        if log_model is not None:
+            entries = [entry for entry in entries if entry.model == log_model]
+            if not entries:
+                raise click.UsageError(f"{log_file} has no request of --log-model {log_model!r} (it has {models})")
+        elif len(models) > 1:
+            raise click.UsageError(
+                f"{log_file} holds the requests of several models ({', '.join(models)}): choose one with --log-model"
+            )
+        records, logged = uncertain_rows(entries)
         prelabels = list(logged)
     if model_dir is not None:
         from training.data.itag import PrelabelError, prelabel
