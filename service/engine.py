@@ -46,6 +46,7 @@ class Generation:
     finished: bool
 
 
+ROUTE = "/v1/intents"  # the route whose answers ``_label`` counts (the warm-up's are counted under "warmup")
 MAX_MODELS = 32  # models one server holds at most: the bound of the ``model`` label of the metrics
 
 
@@ -157,45 +158,45 @@ class IntentEngine:
             )
             log.info("recording uncertain /v1/intents requests in %s", settings.record_uncertain)
         engine = cls(llm, settings, models, openai, greedy_only=greedy_only, uncertain=uncertain)
-        for name in engine.models:
-            await engine.predict("hello", model=name, route="warmup")
+        for model in models:
+            await engine.warm_up(model)
         return engine
+
+    async def warm_up(self, model: ServedModel) -> None:
+        """One request through ``model`` (its grammar compiled, its adapter loaded), counted in no metric."""
+        ids = model.predictor.prompt_ids("hello", system_prompt=None, history=(), field="text")
+        params = model.predictor.sampling_params("hello")
+        await self._label(model, ids, params, True, "warmup", time.perf_counter(), "hello", ())
 
     async def add_model(self, name: str, model_dir: Path) -> ServedModel:
         """Serve one more adapter directory of the engine's base, warmed up before any request can name it; the other
         models keep answering meanwhile (``POST /v1/admin/models``)."""
-        from service.config import MODEL_NAME
-
         async with self._lock:
-            if not MODEL_NAME.fullmatch(name):
-                raise ServiceError(
-                    422, "invalid_request", "a model's name is 1-64 letters, digits, '.', '_' or '-'", field="name"
-                )
             if name in self.models:
                 raise ServiceError(409, "model_exists", f"a model {name!r} is served already", field="name")
             if len(self.models) >= MAX_MODELS:
                 raise ServiceError(409, "too_many_models", f"this server holds {MAX_MODELS} models at most")
-            problem = await asyncio.to_thread(self._adapter_problem, model_dir)
-            if problem:
-                raise ServiceError(422, "invalid_model", problem, field="path")
+            await asyncio.to_thread(self._check_adapter, model_dir)
             await self.openai.add_adapter(name, model_dir)
             single_pass = self.llm.vllm_config.kv_transfer_config is not None
             model = await served_model(self.settings, self.llm, self.openai, name, model_dir, single_pass=single_pass)
-            self._register(model)
             try:
-                await self.predict("hello", model=name, route="warmup")
+                await self.warm_up(model)
             except BaseException:
-                await self.remove_model(name, locked=True)
+                await self.openai.remove_adapter(name)
+                await self.llm.remove_lora(model.lora.lora_int_id)
                 raise
+            self._register(model)
             log.info("serving %s as %r", model_dir, name)
             return model
 
-    async def remove_model(self, name: str, *, locked: bool = False) -> None:
+    async def remove_model(self, name: str) -> None:
         """Stop serving an adapter (``DELETE /v1/admin/models/{name}``); requests already decoding with it finish.
         The default model stays: it is what requests that name none get."""
-        if not locked:
-            async with self._lock:
-                return await self.remove_model(name, locked=True)
+        async with self._lock:
+            await self._remove(name)
+
+    async def _remove(self, name: str) -> None:
         model = self.served(name)
         if name == self.default:
             raise ServiceError(409, "default_model", f"{name!r} is the default model: it cannot be removed")
@@ -207,27 +208,39 @@ class IntentEngine:
         metrics.MODEL_INFO.remove(name)
         log.info("no longer serving %r", name)
 
-    def _adapter_problem(self, model_dir: Path) -> str | None:
-        """Why ``model_dir`` cannot join this engine, or None."""
+    def _check_adapter(self, model_dir: Path) -> None:
+        """Refuse a directory that cannot join this engine: 404 where there is no adapter, 409 where this engine
+        cannot take it (no LoRA, another base, a larger rank)."""
         from service.modelcard import ADAPTER_CONFIG, ModelCardError, is_adapter_dir, weights_dir
 
         lora_config = self.llm.vllm_config.lora_config
         if lora_config is None:
-            return "this server was started without adapter directories (vLLM's LoRA is off): restart it with one"
-        if not is_adapter_dir(model_dir):
-            return f"{model_dir} is not an adapter directory (no {ADAPTER_CONFIG}, or a merged model)"
+            raise ServiceError(
+                409,
+                "lora_off",
+                "this server was started without adapter directories (vLLM's LoRA is off): restart it with one",
+            )
+        try:
+            found = is_adapter_dir(model_dir)
+        except (OSError, ValueError):  # unreadable, or not a path at all (a NUL byte)
+            found = False
+        if not found:
+            raise ServiceError(
+                404, "adapter_not_found", f"{model_dir} is not an adapter directory (no {ADAPTER_CONFIG})", field="path"
+            )
         try:
             base = weights_dir(model_dir).resolve()
         except ModelCardError as exc:
-            return str(exc)
+            raise ServiceError(409, "incompatible_model", str(exc), field="path") from None
         if str(base) != str(Path(self.llm.model_config.model).resolve()):
-            return f"{model_dir} is an adapter of {base}, not of this server's base {self.llm.model_config.model}"
+            message = f"{model_dir} is an adapter of {base}, not of this server's base {self.llm.model_config.model}"
+            raise ServiceError(409, "incompatible_model", message, field="path")
         import json
 
         rank = json.loads((model_dir / ADAPTER_CONFIG).read_text())["r"]
         if rank > lora_config.max_lora_rank:
-            return f"{model_dir} has rank {rank}, over the {lora_config.max_lora_rank} this engine was started with"
-        return None
+            message = f"{model_dir} has rank {rank}, over the {lora_config.max_lora_rank} this engine was started with"
+            raise ServiceError(409, "incompatible_model", message, field="path")
 
     def shutdown(self) -> None:
         self.llm.shutdown()
@@ -310,7 +323,6 @@ class IntentEngine:
         system_prompt: str | None = None,
         constrained: bool = True,
         model: str | None = None,
-        route: str = "/v1/intents",
         fields: Sequence[str] | None = None,
     ) -> list[IntentPrediction]:
         """Label utterances with the model named ``model`` (None: the default): all prompts are checked first, then
@@ -325,11 +337,11 @@ class IntentEngine:
         ]
         params = [predictor.sampling_params(text, history=history, constrained=constrained) for text in texts]
         if len(prompts) == 1:
-            return [await self._label(served, prompts[0], params[0], constrained, route, start, texts[0], history)]
+            return [await self._label(served, prompts[0], params[0], constrained, ROUTE, start, texts[0], history)]
         return list(
             await asyncio.gather(
                 *(
-                    self._label(served, ids, p, constrained, route, start, text, history)
+                    self._label(served, ids, p, constrained, ROUTE, start, text, history)
                     for ids, p, text in zip(prompts, params, texts)
                 )
             )

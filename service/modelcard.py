@@ -8,6 +8,7 @@ with which prompt, so the server and the evaluator rebuild the same prompt and i
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ STATS_FILE = "typicality.npz"  # the typicality statistics (service.typicality);
 # would load every .safetensors file of the directory as weights
 ADAPTER_DIR = "adapter"  # a LoRA run's adapter, kept beside the merged weights
 ADAPTER_CONFIG = "adapter_config.json"  # PEFT's: what makes a directory an adapter directory
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # a served model's name: a URL segment, a metric label
 TENSORBOARD_DIR = "tensorboard"  # the run's TensorBoard logs, unless the user sent them elsewhere
 CARD_FORMAT = 1
 BASE_MODEL_NAME = "SmolLM2-135M-Instruct"

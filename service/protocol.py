@@ -11,6 +11,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
+from service.modelcard import MODEL_NAME
+
 MAX_TEXT_CHARS = 16_000
 MAX_HISTORY_TURNS = 64
 MAX_BATCH = 64
@@ -131,8 +133,11 @@ class AddModelRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(max_length=64, description="What requests call it: letters, digits, '.', '_', '-'.")
-    path: str = Field(max_length=4096, description="The adapter directory, on the server's file system.")
+    name: str = Field(
+        pattern=MODEL_NAME.pattern,
+        description="What requests call it: 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit.",
+    )
+    path: str = Field(min_length=1, max_length=4096, description="The adapter directory, on the server's disk.")
 
 
 class ErrorDetail(BaseModel):

@@ -12,10 +12,11 @@ import hmac
 import html
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Depends, Request
+from fastapi import Path as PathParam
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import (
     HTMLResponse,
@@ -29,6 +30,7 @@ from fastapi.responses import (
 from service import metrics
 from service.engine import IntentEngine, ServedModel
 from service.errors import ServiceError
+from service.modelcard import MODEL_NAME
 from service.protocol import (
     AddModelRequest,
     EasRequest,
@@ -220,7 +222,9 @@ async def add_model(body: AddModelRequest, engine: IntentEngine = Depends(ready_
 
 
 @admin.delete("/v1/admin/models/{name}", summary="Stop serving an adapter (not the default model)")
-async def remove_model(name: str, engine: IntentEngine = Depends(ready_engine)) -> Response:
+async def remove_model(
+    name: Annotated[str, PathParam(pattern=MODEL_NAME.pattern)], engine: IntentEngine = Depends(ready_engine)
+) -> Response:
     await engine.remove_model(name)
     return OrjsonResponse({"id": name, "deleted": True})
 

@@ -113,7 +113,7 @@ def test_one_server_serves_several_adapters_each_under_its_own_grammar(base_mode
         again = httpx.post(f"{url}/v1/admin/models", json={"name": "third", "path": str(third)}, headers=headers)
         assert again.status_code == 409
         merged = httpx.post(f"{url}/v1/admin/models", json={"name": "x", "path": str(base_model)}, headers=headers)
-        assert merged.status_code == 422 and "not an adapter directory" in merged.json()["error"]["message"]
+        assert merged.status_code == 404 and "not an adapter directory" in merged.json()["error"]["message"]
         assert httpx.delete(f"{url}/v1/admin/models/third", headers=headers).status_code == 200
         assert httpx.delete(f"{url}/v1/admin/models/demo", headers=headers).status_code == 409  # the default
         gone = httpx.post(f"{url}/v1/intents", json={"text": "hi", "model": "third"}, headers=headers)
