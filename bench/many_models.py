@@ -74,39 +74,8 @@ def sender(targets: list[tuple[str, str | None]]):
     return send
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", type=int, default=4)
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--requests", type=int, default=160)
-    parser.add_argument("--out", type=Path, default=REPO / "runs" / "many_models.json")
-    args = parser.parse_args()
-    env = {**os.environ}
-    merged = demo_model_dir()
-    if not merged.is_dir():
-        sys.exit(f"{merged} is missing: run `intentlm model prepare` first")
-    texts = [r["instruction"] for r in json.loads((DATA / "smarthome_test.json").read_text())]
-    work = Path(tempfile.mkdtemp(prefix="many-models-"))
-    names = [f"m{i}" for i in range(args.models)]
-    report: dict[str, dict] = {}
-
-    def measure(label: str, processes: list[subprocess.Popen], targets: list[tuple[str, str | None]]) -> None:
-        result = asyncio.run(load(sender(targets), texts, args.concurrency, args.requests))
-        result["rss_mib"], result["pss_mib"] = memory_mib(processes)
-        report[label] = result
-        print(label, json.dumps(result, default=str), flush=True)
-
-    # (a) one server, N adapters
-    adapters = [shutil.copytree(DEMO_ADAPTER, work / name) for name in names]
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    process = start(serve_command(port, [str(a) for a in adapters]), f"{url}/health/ready", work / "one.log", env)
-    try:
-        measure(f"(a) one server, {args.models} adapters", [process], [(url, name) for name in names])
-    finally:
-        stop(process)
-
-    # (b) N servers, one merged model each
+def separate(args: argparse.Namespace, names: list[str], merged: Path, work: Path, env: dict, measure) -> None:
+    """(b): N servers, one merged model each, all running at once."""
     processes, targets = [], []
     try:
         for name in names:
@@ -123,12 +92,50 @@ def main() -> None:
         for process in processes:
             stop(process)
 
-    (a, b) = report.values()
-    summary = {
-        "memory_ratio_rss": a["rss_mib"] / b["rss_mib"],
-        "memory_ratio_pss": a["pss_mib"] / b["pss_mib"],
-        "throughput_ratio": a["req_per_s"] / b["req_per_s"],
-    }
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", type=int, default=4)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--requests", type=int, default=160)
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "many_models.json")
+    parser.add_argument("--only", choices=["one", "separate"], help="run only (a) one server, or only (b)")
+    args = parser.parse_args()
+    env = {**os.environ}
+    merged = demo_model_dir()
+    if not merged.is_dir():
+        sys.exit(f"{merged} is missing: run `intentlm model prepare` first")
+    texts = [r["instruction"] for r in json.loads((DATA / "smarthome_test.json").read_text())]
+    work = Path(tempfile.mkdtemp(prefix="many-models-"))
+    names = [f"m{i}" for i in range(args.models)]
+    report: dict[str, dict] = {}
+
+    def measure(label: str, processes: list[subprocess.Popen], targets: list[tuple[str, str | None]]) -> None:
+        result = asyncio.run(load(sender(targets), texts, args.concurrency, args.requests))
+        result["rss_mib"], result["pss_mib"] = memory_mib(processes)
+        report[label] = result
+        print(label, json.dumps(result, default=str), flush=True)
+
+    if args.only != "separate":  # (a) one server, N adapters
+        adapters = [shutil.copytree(DEMO_ADAPTER, work / name) for name in names]
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        process = start(serve_command(port, [str(a) for a in adapters]), f"{url}/health/ready", work / "one.log", env)
+        try:
+            measure(f"(a) one server, {args.models} adapters", [process], [(url, name) for name in names])
+        finally:
+            stop(process)
+    if args.only != "one":
+        separate(args, names, merged, work, env, measure)
+
+    summary = {}
+    if len(report) == 2:
+        (a, b) = report.values()
+        summary = {
+            "memory_ratio_rss": a["rss_mib"] / b["rss_mib"],
+            "memory_ratio_pss": a["pss_mib"] / b["pss_mib"],
+            "throughput_ratio": a["req_per_s"] / b["req_per_s"],
+        }
     meta = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": platform.processor() or platform.machine(),
