@@ -50,7 +50,7 @@ async def chat_completions(
     else:  # the field OpenAI deprecated, which clients still send
         body.max_tokens = min(body.model_dump(include={"max_tokens"})["max_tokens"] or cap, cap)
     return await _serve(
-        engine, request, body.stream, body.n, lambda: engine.openai.chat.create_chat_completion(body, request)
+        engine, request, body.stream, body.n or 1, lambda: engine.openai.chat.create_chat_completion(body, request)
     )
 
 
