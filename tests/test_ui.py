@@ -3,6 +3,7 @@ also behind a gateway that serves the app under a path prefix it strips, as EAS 
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.config import Settings
-from service.routes import WEB_DIR
+from service.routes import UI_PAGE, WEB_DIR
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
@@ -197,6 +198,34 @@ def test_the_out_of_scope_label_comes_from_the_server(live_server, page) -> None
     assert page.evaluate(marked, rejected) == 1
     assert "confidence" in page.get_attribute("#intents .chip", "title")
     assert page.evaluate("window.pwned === undefined")
+
+
+def test_the_model_selector_names_the_chosen_model(live_server, page) -> None:
+    """On a server of several models the page offers them, the default first, and names the chosen one in its
+    request; on one of a single model (the live server) there is no selector."""
+    page.goto(f"{live_server.url}/ui")
+    assert page.is_hidden("#model-box")
+    html = UI_PAGE.replace("{{oos_label}}", "oos").replace("{{models}}", "demo,lights")
+    sent: list[dict] = []
+
+    def intents(route) -> None:
+        sent.append(json.loads(route.request.post_data))
+        route.fulfill(json=answer(intents=[{"name": "iot_hue_lightoff", "args": []}]))
+
+    page.route(f"{live_server.url}/ui", lambda route: route.fulfill(body=html, content_type="text/html"))
+    page.route(f"{live_server.url}/v1/intents", intents)
+    try:
+        page.goto(f"{live_server.url}/ui")
+        assert page.is_visible("#model")
+        assert page.eval_on_selector_all("#model option", "options => options.map(o => o.value)") == ["demo", "lights"]
+        page.select_option("#model", "lights")
+        page.fill("#utterance", "lights off")
+        page.click("#send")
+        page.wait_for_selector("#result:not([hidden])")
+    finally:
+        page.unroute(f"{live_server.url}/ui")
+        page.unroute(f"{live_server.url}/v1/intents")
+    assert sent and sent[0]["model"] == "lights" and sent[0]["text"] == "lights off"
 
 
 def test_model_output_is_never_rendered_as_html(live_server, page) -> None:
