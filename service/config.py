@@ -34,6 +34,7 @@ class ModelNotFoundError(IntentlmError, RuntimeError):
     """No model directory was given and no prepared one exists."""
 
 
+MAX_MODELS = 32  # models one server holds at most: the bound of the ``model`` label of the metrics
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's allowed max_lora_rank values
 CPU_BLOCK_SIZE = 32  # tokens per KV block on the CPU: the smallest multiple of 32 its attention kernel takes
 
@@ -299,6 +300,8 @@ class Settings(EngineSettings):
                         f"two models named {found_name!r} ({models[found_name]}, {path}): name one with NAME=DIR"
                     )
                 models[found_name] = path
+        if len(models) > MAX_MODELS:
+            raise ModelNotFoundError(f"{len(models)} models given: one server serves {MAX_MODELS} at most")
         return models
 
     def summary(self) -> dict[str, object]:

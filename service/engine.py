@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from service import metrics
 from service.admission import Admission
-from service.config import Settings
+from service.config import MAX_MODELS, Settings
 from service.errors import ServiceError
 from service.logs import vllm_request_id
 from service.modelcard import ModelCard, read_card
@@ -47,7 +47,6 @@ class Generation:
 
 
 ROUTE = "/v1/intents"  # the route whose answers ``_label`` counts (the warm-up's are counted under "warmup")
-MAX_MODELS = 32  # models one server holds at most: the bound of the ``model`` label of the metrics
 
 
 @dataclass
@@ -123,7 +122,7 @@ class IntentEngine:
         )
 
     def served(self, name: str | None) -> ServedModel:
-        """The model a request names (None: the default), or 404 naming the models there are."""
+        """The model a request names (None: the default), or 404."""
         if name is None:
             name = self.default
         model = self.models.get(name)

@@ -5,7 +5,7 @@ The default registry is the one vLLM's engine registers its own ``vllm:*`` metri
 first token, its running and waiting requests, KV-cache use): ours are the HTTP view, admission
 and the answers. Labels are bounded: routes are the API's fixed paths, intents are the model's
 names (constrained decoding cannot invent others; free-form answers naming an unknown intent are
-counted under ``other``), models are the served ones (``service.engine.MAX_MODELS`` at most).
+counted under ``other``), models are the served ones (``service.config.MAX_MODELS`` at most).
 """
 
 from __future__ import annotations
