@@ -7,7 +7,6 @@ so a log always says what a process was running with.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +20,7 @@ from service.hardware import Dtype, choose_dtype
 from service.modelcard import (
     ADAPTER_CONFIG,
     MODEL_NAME,
+    adapter_rank,
     base_model_dir,
     demo_model_dir,
     is_adapter_dir,
@@ -90,7 +90,7 @@ class EngineSettings(BaseSettings):
     def lora_engine_args(self, adapters: Sequence[Path]) -> dict[str, Any]:
         """vLLM's LoRA arguments for serving ``adapters`` over their base: up to ``max_adapters`` of them in one batch,
         the largest rank among them rounded up to one vLLM supports (an adapter added later may not pass it)."""
-        rank = max(json.loads((adapter / ADAPTER_CONFIG).read_text())["r"] for adapter in adapters)
+        rank = max(map(adapter_rank, adapters))
         return {
             "enable_lora": True,
             "max_loras": max(self.max_adapters, len(adapters)),

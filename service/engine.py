@@ -58,14 +58,17 @@ class ServedModel:
     model_dir: Path
     predictor: Predictor
     lora: LoRARequest | None
-    oos_label: str
 
     def __post_init__(self) -> None:
-        self.known_intents = set(self.predictor.card.intents) | {self.oos_label}
+        self.known_intents = set(self.card.intents) | {self.oos_label}
 
     @property
     def card(self) -> ModelCard:
         return self.predictor.card
+
+    @property
+    def oos_label(self) -> str:
+        return self.predictor.oos_label
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -183,7 +186,6 @@ class IntentEngine:
                 await self.warm_up(model)
             except BaseException:
                 await self.openai.remove_adapter(name)
-                await self.llm.remove_lora(model.lora.lora_int_id)
                 raise
             self._register(model)
             log.info("serving %s as %r", model_dir, name)
@@ -203,14 +205,13 @@ class IntentEngine:
             raise ServiceError(409, "base_model", f"{name!r} is the engine's own weights: it cannot be removed")
         del self.models[name]
         await self.openai.remove_adapter(name)
-        await self.llm.remove_lora(model.lora.lora_int_id)
         metrics.MODEL_INFO.remove(name)
         log.info("no longer serving %r", name)
 
     def _check_adapter(self, model_dir: Path) -> None:
         """Refuse a directory that cannot join this engine: 404 where there is no adapter, 409 where this engine
         cannot take it (no LoRA, another base, a larger rank)."""
-        from service.modelcard import ADAPTER_CONFIG, ModelCardError, is_adapter_dir, weights_dir
+        from service.modelcard import ADAPTER_CONFIG, ModelCardError, adapter_rank, is_adapter_dir, weights_dir
 
         lora_config = self.llm.vllm_config.lora_config
         if lora_config is None:
@@ -231,12 +232,10 @@ class IntentEngine:
             base = weights_dir(model_dir).resolve()
         except ModelCardError as exc:
             raise ServiceError(409, "incompatible_model", str(exc), field="path") from None
-        if str(base) != str(Path(self.llm.model_config.model).resolve()):
+        if base != Path(self.llm.model_config.model).resolve():
             message = f"{model_dir} is an adapter of {base}, not of this server's base {self.llm.model_config.model}"
             raise ServiceError(409, "incompatible_model", message, field="path")
-        import json
-
-        rank = json.loads((model_dir / ADAPTER_CONFIG).read_text())["r"]
+        rank = adapter_rank(model_dir)
         if rank > lora_config.max_lora_rank:
             message = f"{model_dir} has rank {rank}, over the {lora_config.max_lora_rank} this engine was started with"
             raise ServiceError(409, "incompatible_model", message, field="path")
@@ -438,7 +437,7 @@ async def served_model(
         oos_label=settings.oos_label,
         typicality=scorer,
     )
-    return ServedModel(name, model_dir, predictor, lora, settings.oos_label)
+    return ServedModel(name, model_dir, predictor, lora)
 
 
 def server_typicality(settings: Settings, model_dir: Path) -> TypicalityScorer | None:

@@ -108,6 +108,13 @@ def is_adapter_dir(path: str | os.PathLike[str]) -> bool:
     return (Path(path) / ADAPTER_CONFIG).is_file() and not is_model_dir(path)
 
 
+def adapter_rank(adapter_dir: str | os.PathLike[str]) -> int:
+    """An adapter directory's LoRA rank (PEFT's ``r``): what vLLM's ``max_lora_rank`` must reach to load it."""
+    import json
+
+    return int(json.loads((Path(adapter_dir) / ADAPTER_CONFIG).read_text())["r"])
+
+
 def weights_dir(model_dir: str | os.PathLike[str]) -> Path:
     """The directory whose weights vLLM loads for ``model_dir``: itself, or an adapter's base model.
 

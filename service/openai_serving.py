@@ -96,9 +96,12 @@ class OpenAIServing:
             raise ServiceError(422, "invalid_model", f"{adapter_dir}: {result.error.message}", field="path")
 
     async def remove_adapter(self, name: str) -> None:
+        """Stop listing the adapter ``name`` (vLLM's ``/v1/unload_lora_adapter``) and drop it from the engine."""
         from vllm.entrypoints.serve.lora.protocol import UnloadLoRAAdapterRequest
 
+        lora_id = self.models.lora_requests[name].lora_int_id
         await self.models.unload_lora_adapter(UnloadLoRAAdapterRequest(lora_name=name))
+        await self.models.engine_client.remove_lora(lora_id)
 
 
 def constrain_chat(request: IntentChatRequest, predictor: Predictor) -> None:

@@ -98,7 +98,7 @@ def test_a_greedy_only_engine_refuses_sampling_and_decodes_top_k_1_greedily() ->
     from service.protocol import EasRequest
 
     card_predictor = Predictor(ModelCard(intents=["iot"]), SizedTokenizer(), max_model_len=64)
-    model = ServedModel("m", Path("m"), card_predictor, None, "oos")
+    model = ServedModel("m", Path("m"), card_predictor, None)
     engine = IntentEngine(None, Settings(), [model], None, greedy_only=True)  # type: ignore[arg-type]
     greedy = engine.chat_params(EasRequest(prompt="hi", temperature=0.95, top_k=1), model, [1, 2])
     assert (greedy.temperature, greedy.top_k, greedy.top_p) == (0.0, 0, 1.0)
