@@ -64,10 +64,10 @@ class EngineSettings(BaseSettings):
     )
     jump_forward: Literal["auto", "on", "off"] = Field(
         "auto",
-        description="Propose the tokens the intent grammar forces to vLLM as speculative tokens, so that they cost "
-        "no decode step of their own (service/vllm_forced.py); answers stay greedy decoding's. auto: on where vLLM "
-        "can sample beside the proposals (Triton: CUDA), off on a CPU without triton-cpu, where on makes POST / "
-        "refuse sampling (temperature > 0 with top_k other than 1) with 422.",
+        description="Propose the tokens the intent grammar forces (and the likely end of an answer) to vLLM as "
+        "speculative tokens, so that they cost no decode step of their own (service/vllm_drafts.py); answers stay "
+        "what decoding without them gives. auto: on, except for adapter directories (the proposer reads a merged "
+        "model's card), which on refuses.",
     )
     max_adapters: int = Field(
         4,
@@ -102,17 +102,19 @@ class EngineSettings(BaseSettings):
         {} where it does not (typicality off, no statistics, graph capture, several workers, another architecture)."""
         if not self.typicality:
             return {}
+        from vllm.platforms import current_platform
+
         from service.vllm_states import single_pass_overrides
 
+        # vLLM's CPU backend compiles the model but captures no graphs: the model's Python forward runs at every step
+        python_forward = self.enforce_eager or current_platform.is_cpu()
         return single_pass_overrides(
-            model_dirs, enforce_eager=self.enforce_eager, tensor_parallel_size=self.tensor_parallel_size
+            model_dirs, python_forward=python_forward, tensor_parallel_size=self.tensor_parallel_size
         )
 
-    def jump_forward_on(self) -> bool:
-        """``jump_forward`` resolved: auto is on where vLLM samples beside speculative tokens."""
-        from service.vllm_forced import samples_beside_proposals
-
-        return self.jump_forward == "on" or (self.jump_forward == "auto" and samples_beside_proposals())
+    def jump_forward_on(self, *model_dirs: Path) -> bool:
+        """``jump_forward`` resolved for the models of one engine: auto is on unless adapters are served."""
+        return self.jump_forward == "on" or (self.jump_forward == "auto" and not any(map(is_adapter_dir, model_dirs)))
 
     def engine_args(self, *model_dirs: Path) -> dict[str, Any]:
         """The keyword arguments of vLLM's ``EngineArgs`` (and so of ``AsyncEngineArgs`` and ``LLM``) for one model
@@ -123,9 +125,12 @@ class EngineSettings(BaseSettings):
         reads them from the environment when the engine starts."""
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.cpu_kvcache_gib))
         os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", str(self.cpu_reserved_cores))
+        # vLLM 0.32's AOT-compiled artefacts fail to load on the CPU backend ("'function' object has no attribute
+        # 'finalize_loading'") and every start compiled from scratch (50 s); torch's own caches load (8 s)
+        os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")
         from vllm.platforms import current_platform
 
-        from service.vllm_forced import speculative_config
+        from service.vllm_drafts import speculative_config
 
         weights = {weights_dir(d).resolve() for d in model_dirs}
         if len(weights) != 1:
@@ -136,12 +141,12 @@ class EngineSettings(BaseSettings):
             )
         (weights_of,) = weights
         adapters = [d for d in model_dirs if is_adapter_dir(d)]
-        if adapters and self.jump_forward_on():
+        if adapters and self.jump_forward == "on":
             raise ValueError(
                 f"{adapters[0]} is an adapter directory: jump-forward decoding needs a merged model directory "
                 "(its proposer reads the card where vLLM loads the weights); turn it off with --jump-forward off"
             )
-        jump_forward = speculative_config(weights_of) if self.jump_forward_on() else None
+        jump_forward = speculative_config(weights_of) if self.jump_forward_on(*model_dirs) else None
         # Prefix caching reuses whole KV blocks: vLLM's CPU default of 128 tokens caches nothing of a system turn
         # shorter than that, so the CPU gets its kernel's smallest block (GPUs keep their default of 16).
         blocks = {"block_size": CPU_BLOCK_SIZE} if current_platform.is_cpu() else {}

@@ -28,7 +28,6 @@ from service.predictor import Decoded, Predictor
 from service.protocol import MAX_BATCH, EasRequest, IntentCall, IntentPrediction, RankedIntent
 from service.typicality import TypicalityScorer, typicality_scorer
 from service.uncertain import UncertainLog
-from service.vllm_forced import samples_beside_proposals
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
@@ -90,12 +89,10 @@ class IntentEngine:
         models: Sequence[ServedModel],
         openai: OpenAIServing,
         *,
-        greedy_only: bool = False,
         uncertain: UncertainLog | None = None,
     ) -> None:
         """``models``: the default (for requests that name none) first. ``openai``: vLLM's OpenAI serving over
-        ``llm`` (service.openai_serving). ``greedy_only``: the engine cannot sample beside jump-forward proposals
-        (``samples_beside_proposals``). ``uncertain``: where uncertain ``/v1/intents`` answers are recorded
+        ``llm`` (service.openai_serving). ``uncertain``: where uncertain ``/v1/intents`` answers are recorded
         (``--record-uncertain``), None when that is off."""
         from vllm.sampling_params import RequestOutputKind
 
@@ -103,7 +100,6 @@ class IntentEngine:
         self.settings = settings
         self.models: dict[str, ServedModel] = {}
         self.openai = openai
-        self.greedy_only = greedy_only
         self.uncertain = uncertain
         self.admission = Admission(settings.max_in_flight, settings.max_queued, settings.admission_deadline)
         self._kinds = RequestOutputKind
@@ -150,7 +146,6 @@ class IntentEngine:
             await served_model(settings, llm, openai, name, model_dir, single_pass=single_pass)
             for name, model_dir in model_dirs.items()
         ]
-        greedy_only = "speculative_config" in args and not samples_beside_proposals()
         uncertain = None
         if settings.record_uncertain is not None:
             uncertain = UncertainLog(
@@ -159,7 +154,7 @@ class IntentEngine:
                 max_bytes=settings.record_uncertain_max_bytes,
             )
             log.info("recording uncertain /v1/intents requests in %s", settings.record_uncertain)
-        engine = cls(llm, settings, models, openai, greedy_only=greedy_only, uncertain=uncertain)
+        engine = cls(llm, settings, models, openai, uncertain=uncertain)
         for model in models:
             await engine.warm_up(model)
         return engine
@@ -280,14 +275,6 @@ class IntentEngine:
         from vllm import SamplingParams
 
         greedy = request.temperature == 0 or request.top_k == 1
-        if not greedy and self.greedy_only:
-            raise ServiceError(
-                422,
-                "sampling_unavailable",
-                "this server decodes greedily only (jump-forward decoding on a CPU whose vLLM cannot sample beside "
-                "speculative tokens): send temperature 0 or top_k 1, or start it with --no-jump-forward",
-                field="temperature",
-            )
         # top_k at or above the vocabulary (or -1) means every token: vLLM's 0. Passing a huge value
         # through would overflow the engine's request serialisation (a 500 found by tests/test_hostile.py).
         all_tokens = request.top_k == -1 or request.top_k >= len(model.predictor.tokenizer)

@@ -89,7 +89,15 @@ class IntentStatistics:
         return cls(intents, means.astype(np.float32), np.linalg.inv(covariance).astype(np.float32))
 
     def typicality(self, states: np.ndarray) -> np.ndarray:
-        """exp(-d²/(2 dim)) of each state's squared Mahalanobis distance d² to the nearest intent mean.
+        """exp(-d²/(2 dim)) of each state's squared Mahalanobis distance d² to the nearest intent mean."""
+        return self.typicality_of(self.squared_distances(states))
+
+    def typicality_of(self, squared: np.ndarray) -> np.ndarray:
+        """``typicality`` from ``squared_distances``' output (for a caller that also ranks the intents by it)."""
+        return np.exp(-np.maximum(squared.min(1), 0) / (2 * self.means.shape[1]))
+
+    def squared_distances(self, states: np.ndarray) -> np.ndarray:
+        """Each state's squared Mahalanobis distance to each intent mean, (states, intents).
 
         Computed with torch, whose thread pool is the one the model runs on: numpy's BLAS keeps a pool of its own
         that spins beside vLLM's threads, which cost 90 ms per request inside vLLM's worker on the 2-core CPU
@@ -99,8 +107,7 @@ class IntentStatistics:
         x = torch.from_numpy(np.ascontiguousarray(states, dtype=np.float32))
         diff = x[:, None, :] - torch.from_numpy(self.means)[None]  # (n, intents, dim)
         # a matmul: 20x a three-operand einsum
-        squared = ((diff @ torch.from_numpy(self.precision)) * diff).sum(-1).amin(1)
-        return torch.exp(-squared.clamp(min=0) / (2 * self.means.shape[1])).numpy()
+        return ((diff @ torch.from_numpy(self.precision)) * diff).sum(-1).numpy()
 
     def save(self, model_dir: str | os.PathLike[str]) -> Path:
         """Write ``typicality.npz`` atomically into ``model_dir``."""

@@ -89,24 +89,19 @@ class SizedTokenizer(PieceTokenizer):
         return len(PIECES)
 
 
-def test_a_greedy_only_engine_refuses_sampling_and_decodes_top_k_1_greedily() -> None:
-    """``jump_forward`` on where vLLM cannot sample beside speculative tokens (service.vllm_forced): POST / refuses
-    sampling with 422 naming the field; top_k 1 is the most likely token whatever the temperature, so greedy."""
+def test_top_k_1_decodes_greedily_and_sampling_passes_through() -> None:
+    """POST /: top_k 1 is the most likely token whatever the temperature (the reference client's default), so vLLM
+    decodes it greedily; anything else samples as asked."""
     from service.config import Settings
     from service.engine import IntentEngine, ServedModel
-    from service.errors import ServiceError
     from service.protocol import EasRequest
 
     card_predictor = Predictor(ModelCard(intents=["iot"]), SizedTokenizer(), max_model_len=64)
     model = ServedModel("m", Path("m"), card_predictor, None)
-    engine = IntentEngine(None, Settings(), [model], None, greedy_only=True)  # type: ignore[arg-type]
+    engine = IntentEngine(None, Settings(), [model], None)  # type: ignore[arg-type]
     greedy = engine.chat_params(EasRequest(prompt="hi", temperature=0.95, top_k=1), model, [1, 2])
     assert (greedy.temperature, greedy.top_k, greedy.top_p) == (0.0, 0, 1.0)
-    with pytest.raises(ServiceError) as refused:
-        engine.chat_params(EasRequest(prompt="hi", temperature=0.9, top_k=40), model, [1, 2])
-    assert refused.value.status == 422 and refused.value.code == "sampling_unavailable"
-    sampling = IntentEngine(None, Settings(), [model], None)  # type: ignore[arg-type]
-    params = sampling.chat_params(EasRequest(prompt="hi", temperature=0.9, top_k=5), model, [1, 2])
+    params = engine.chat_params(EasRequest(prompt="hi", temperature=0.9, top_k=5), model, [1, 2])
     assert (params.temperature, params.top_k) == (0.9, 5)
 
 

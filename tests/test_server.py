@@ -189,9 +189,9 @@ def test_metrics_cover_the_design_list(client, live_server) -> None:
     assert metric(text, "vllm:prefix_cache_hits_total") > 0
 
 
-def test_sampling_is_served_where_jump_forward_does_not_forbid_it(client) -> None:
-    """The default server samples (``jump_forward`` auto is off where vLLM cannot sample beside speculative tokens);
-    top_k 1 is greedy whatever the temperature (the reference client's default)."""
+def test_sampling_is_served_beside_jump_forward(client) -> None:
+    """The default server (jump-forward on) samples as asked; top_k 1 is greedy whatever the temperature (the reference
+    client's default)."""
     assert (
         client.post("/", json={"prompt": "hi", "temperature": 0.95, "top_k": 1, "max_new_tokens": 2}).status_code == 200
     )
