@@ -2,24 +2,24 @@
 tokens, so that the tokens of an intent answer cost a few decode steps instead of one each.
 
 vLLM's ``custom_class`` speculative method calls ``AnswerDrafts.propose`` after each step with every running request's
-tokens. For each, this rebuilds the request's grammar from its prompt (the card's intents and, for a model that copies
-its arguments, the utterance's spans: ``service.intents.decoding_regex``, the server's own), advances an xgrammar
-matcher over the answer so far and drafts, up to ``SPECULATIVE_TOKENS``:
+tokens. For each, this advances an xgrammar matcher of the card's intent grammar (``service.intents.decoding_regex``
+without the utterance: one grammar for every request, compiled once) over the answer so far and drafts, up to
+``SPECULATIVE_TOKENS``:
 
-* what the grammar forces (``find_jump_forward_string``: ``iot_hue_light`` + ``off`` leaves ``()`` and the end of the
-  call; a span of the utterance is forced to the end of its word), about 40 % of an answer's tokens;
-* where the model has a choice, the likely one: the rest of the intent name the typicality statistics rank nearest to
-  the prompt's last hidden state (``service.vllm_states.intent_ranking``, where vLLM scores typicality in its own
-  pass; the model writes that intent for 533 of the 540 test answers), and ``)`` once an argument has a word (most
-  spans are one or two words long);
+* what the grammar forces (``find_jump_forward_string``: ``iot_hue_light`` + ``off`` leaves ``()``);
+* where the model has a choice, the likely one (``_likely``): the rest of the intent name that the typicality
+  statistics rank nearest to the prompt's last hidden state (``service.vllm_states.intent_ranking``, where vLLM scores
+  typicality in its own pass: the model writes that intent for 533 of the 540 test answers); inside an argument, the
+  rest of the utterance's word it is copying, then its end ``)`` (most arguments are a word or two), or, once the
+  model has gone past one word, the rest of the utterance up to a delimiter;
 
-then what the grammar forces after that guess, and so on. vLLM verifies drafts as it verifies any proposal: a token is
-kept only where it is the model's own choice under the grammar mask (greedy decoding), or by rejection sampling for a
-sampled request, so the answers are what decoding without drafts gives, and a draft that guesses wrong costs only its
-share of one forward pass: on the 2-core CPU a step that verifies nine tokens costs about what a one-token step does.
-On the demo and the smart-home test files this takes an answer from 9.9 forward passes to 4.4 (5.9 with the forced
-tokens alone). A request that is not an intent answer (``POST /``, ``constrained: false``) gets no draft once its
-text leaves the grammar.
+then what the grammar forces after that guess, and so on. vLLM verifies drafts as it verifies any proposal, under the
+request's own grammar (the utterance's spans included): a token is kept only where it is the model's own choice
+(greedy decoding), or by rejection sampling for a sampled request, so the answers are what decoding without drafts
+gives, and a wrong guess costs only its share of one forward pass: on the 2-core CPU a step that verifies nine tokens
+costs about what a one-token step does. On the demo and the smart-home test files (480 + 60 answers) this takes an
+answer from 9.9 forward passes to 4.4 (5.9 with the forced tokens alone). A request that is not an intent answer
+(``POST /``, ``constrained: false``) gets no draft once its text leaves the grammar.
 
 The answer is found after the prompt's last assistant header (the chat template's ``<|im_start|>assistant\\n``); a
 model trained without the chat template gets no drafts.
@@ -28,7 +28,7 @@ model trained without the chat template gets no drafts.
 from __future__ import annotations
 
 import itertools
-from collections import OrderedDict
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -41,10 +41,12 @@ from service.modelcard import ModelCard, read_card
 from service.prompt import END_OF_TURN
 from service.vllm_states import intent_ranking
 
-SPECULATIVE_TOKENS = 8  # the longest forced run vLLM verifies in one step
-GRAMMARS = 512  # compiled per-utterance grammars kept (≈ 4 ms to compile one on the 2-core CPU)
+SPECULATIVE_TOKENS = 8  # the longest draft vLLM verifies in one step (more gain nothing on the test files)
 ANSWER_HEADER = "<|im_start|>assistant\n"
 USER_HEADER = "<|im_start|>user\n"
+_ARGUMENT_START = re.compile(r"[(,]")
+_WORD_END = re.compile(r"[\s,();]")
+_ARGUMENT_END = re.compile(r"[,();]")
 
 
 def register_cpu_expand() -> None:
@@ -102,19 +104,18 @@ class AnswerDrafts:
 
         register_cpu_expand()
         model_dir = Path(vllm_config.model_config.model)
-        self.card = read_card(model_dir) or ModelCard()
+        card = read_card(model_dir) or ModelCard()
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.k = vllm_config.speculative_config.num_speculative_tokens
         info = xgr.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=vllm_config.model_config.get_vocab_size())
-        self.compiler = xgr.GrammarCompiler(info, cache_enabled=True)
-        self._xgr = xgr
+        self.grammar = xgr.GrammarCompiler(info).compile_regex(decoding_regex(card.intents))
+        self._matcher = xgr.GrammarMatcher
         self.answer_header = self.tokenizer.encode(ANSWER_HEADER, add_special_tokens=False)
         self.user_header = self.tokenizer.encode(USER_HEADER, add_special_tokens=False)
         self.end_of_turn = self.tokenizer.convert_tokens_to_ids(END_OF_TURN)
-        self._grammars: OrderedDict[str, Any] = OrderedDict()
 
     def load_model(self, *args: Any, **kwargs: Any) -> None:
-        """Nothing to load: the drafts come from the grammar and the typicality statistics."""
+        """Nothing to load: the drafts come from the grammar, the utterance and the typicality statistics."""
 
     def propose(
         self,
@@ -136,15 +137,15 @@ class AnswerDrafts:
             return []
         end = start + len(self.answer_header)
         prompt, answer = tokens[:end], tokens[end:]
-        matcher = self._xgr.GrammarMatcher(self._grammar(tokens[:start]))
+        matcher = self._matcher(self.grammar)
         for token in answer:
             if not matcher.accept_token(token) or matcher.is_terminated():
                 return []  # not an answer in the grammar (free-form), or a finished one
         text = self.tokenizer.decode(answer)
-        ranking = intent_ranking(prompt)
+        ranking, utterance = intent_ranking(prompt), self._utterance(prompt)
         draft: list[int] = []
         while len(draft) < self.k and not matcher.is_terminated():
-            piece = matcher.find_jump_forward_string() or _likely(text, ranking)
+            piece = matcher.find_jump_forward_string() or _likely(text, ranking, utterance)
             if not piece:
                 break
             ids = self.tokenizer.encode(piece, add_special_tokens=False)[: self.k - len(draft)]
@@ -154,19 +155,6 @@ class AnswerDrafts:
             if len(taken) < len(ids):
                 break
         return draft
-
-    def _grammar(self, prompt: list[int]) -> Any:
-        """The compiled grammar of the request whose prompt this is: the server's regex for it."""
-        text = self._utterance(prompt) if self.card.args_from_text else None
-        regex = decoding_regex(self.card.intents, text)
-        grammar = self._grammars.get(regex)
-        if grammar is None:
-            grammar = self._grammars[regex] = self.compiler.compile_regex(regex)
-            if len(self._grammars) > GRAMMARS:
-                self._grammars.popitem(last=False)
-        else:
-            self._grammars.move_to_end(regex)
-        return grammar
 
     def _utterance(self, prompt: list[int]) -> str:
         """The user turn of the prompt (the utterance with its history folded in, as the server renders it)."""
@@ -178,15 +166,37 @@ class AnswerDrafts:
         return self.tokenizer.decode(turn[:end])
 
 
-def _likely(answer: str, ranking: Sequence[str]) -> str:
-    """The likely continuation of ``answer`` (what the model wrote so far) at a choice the grammar leaves open: the rest
-    of the best-ranked intent name it can still become (and its ``(``), or ``)`` inside an argument that has text;
-    "" where there is no guess (the first word of an argument, after a call)."""
+def _likely(answer: str, ranking: Sequence[str], utterance: str) -> str:
+    """The likely continuation of ``answer`` (what the model wrote so far) at a choice the grammar leaves open, or ""
+    where there is no guess (the first word of an argument; after a call, ``;`` or the end).
+
+    In an intent name: the rest of the best-ranked intent it can still become, preferring one the answer has not
+    called yet, and its ``(``. In an argument: ``_argument_likely``."""
     call = answer.rpartition(";")[2]
     if "(" not in call:
-        name = next((name for name in ranking if name.startswith(call) and name != call), None)
+        called = {earlier.partition("(")[0] for earlier in answer.split(";")[:-1]}
+        names = [name for name in ranking if name.startswith(call) and name != call]
+        name = next((name for name in names if name not in called), names[0] if names else None)
         return "" if name is None else name[len(call) :] + "("
-    return "" if call.endswith(("(", ",", ")")) else ")"
+    argument = _ARGUMENT_START.split(call)[-1]
+    return "" if not argument or call.endswith(")") else _argument_likely(argument, utterance)
+
+
+def _argument_likely(argument: str, utterance: str) -> str:
+    """How an argument copied from the utterance likely goes on: the rest of the utterance's word it ends in; at the
+    end of a word, ``)`` (most arguments are one or two words), or, once it has two words, the rest of the utterance
+    up to a delimiter and ``)``. ``)`` for an argument that is not a span of the utterance."""
+    for found in re.finditer(re.escape(argument), utterance):
+        if found.start() and utterance[found.start() - 1].isalnum():
+            continue  # a span starts at a word
+        tail = utterance[found.end() :]
+        rest_of_word = _WORD_END.split(tail, maxsplit=1)[0]
+        if rest_of_word:
+            return rest_of_word
+        if len(argument.split()) > 1:
+            return _ARGUMENT_END.split(tail, maxsplit=1)[0].rstrip() + ")"
+        return ")"
+    return ")"
 
 
 def _last_index(tokens: Sequence[int], needle: Sequence[int]) -> int | None:
