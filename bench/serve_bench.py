@@ -2,7 +2,7 @@
 
     (a) intentlm  POST /v1/intents   constrained to the model's intents, logprobs for confidence
     (b) intentlm  POST /             EAS free-form answer (max_new_tokens 16)
-    (c) vLLM's own OpenAI server     /v1/completions, same prompt text, same regex, greedy
+    (c) vLLM's own OpenAI server     /v1/completions, same prompt text, same grammar, greedy
     (d) transformers generate        FastAPI + model.generate one at a time (bench/serve_transformers_baseline.py)
 
 Servers run one after another (never two at once), each on the same model: the prepared base model
@@ -14,7 +14,7 @@ smart-home test set's instructions, cycled. Prints a Markdown table for BENCHMAR
     .venv/bin/python bench/serve_bench.py --only intentlm --levels 1 --min-requests 2   # a smoke run
 
 ``--model DIR`` serves that model directory as it is (its card's prompt, intents, thresholds and typicality), and
-vLLM's server gets the same prompt and the same per-request regex; ``--serve-arg`` passes a flag to `intentlm
+vLLM's server gets the same prompt and the same per-request grammar; ``--serve-arg`` passes a flag to `intentlm
 serve` (repeatable: ``--serve-arg=--dtype=float32``). A request refused with 503 (the admission deadline) is
 counted and sent again after its Retry-After; its latency is that of the attempt that was answered.
 
@@ -46,7 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from service.hardware import cpu_flags  # noqa: E402
-from service.intents import decoding_regex, parse  # noqa: E402
+from service.intents import decoding_grammar, parse  # noqa: E402
 from service.modelcard import ModelCard, base_model_dir, read_card, write_card  # noqa: E402
 from service.prompt import build_prompt  # noqa: E402
 
@@ -280,14 +280,14 @@ def main() -> None:
 
         async def vllm_send(client: httpx.AsyncClient, text: str) -> object:
             prompt = build_prompt(text, system_prompt=card.system_prompt, tokenizer=tokenizer)
-            regex = decoding_regex(card.intents, text if card.args_from_text else None)
+            grammar = decoding_grammar(card.intents, text if card.args_from_text else None)
             body = {
                 "model": "m",
                 "prompt": prompt,
                 "max_tokens": 64,
                 "temperature": 0,
                 "logprobs": 0,
-                "structured_outputs": {"regex": regex},
+                "structured_outputs": {"grammar": grammar},
             }
             return checked(await client.post(f"{url}/v1/completions", json=body))["choices"][0]["text"]
 

@@ -1,7 +1,7 @@
 """The vLLM ``AsyncLLM`` wrapper: generation, admission and metrics around the predictor.
 
 Everything that depends only on the model (tokenizer, chat template, system prompt, the intent
-regex, sampling templates, the answer's parsing and scores) lives in the ``service.predictor.Predictor``
+grammar, sampling templates, the answer's parsing and scores) lives in the ``service.predictor.Predictor``
 built once in ``IntentEngine.start``; a request only renders its prompt, tokenizes it and hands the token ids to vLLM, whose continuous batching runs concurrent
 requests together (nothing here serialises them). A request cancelled while generating (client
 gone, timeout) is aborted in the engine by ``AsyncLLM.generate`` itself.

@@ -1,4 +1,4 @@
-"""The intent output grammar (DESIGN §2): the one parser, formatter and decoding regex everyone uses.
+"""The intent output grammar (DESIGN §2): the one parser, formatter and decoding grammar everyone uses.
 
     output := call ( ";" call )*
     call   := name ws* "(" [ arg ( "," arg )* ] ")"
@@ -11,15 +11,21 @@ decisions where the grammar is loose: ``f()`` and ``f( )`` have no arguments, an
 argument inside a list (``f(a,,b)``) is an error, because no real slot value is empty and the
 constrained decoder must never produce one.
 
-The decoding regex accepts exactly the canonical text of calls to known intents, so whatever a
+The decoding grammar accepts exactly the canonical text of calls to known intents, so whatever a
 constrained decoder emits parses, formats back to itself and names a known intent. When a model's
-arguments are copied from the utterance (``args_from_text`` in its card), the per-request regex
+arguments are copied from the utterance (``args_from_text`` in its card), the per-request grammar
 also limits every argument to a word span of that request's text (``text_spans``), so the model
 cannot invent words that are not there.
+
+It is written in EBNF, the dialect of xgrammar (vLLM's grammar engine, ``structured_outputs.grammar``), not as a
+regex: a rule is written once and referenced, where a regex repeats the argument's prefix tree four times (two
+arguments of two calls), and xgrammar compiles a request's grammar 2.6x faster (2.3 against 6.0 ms, the longest
+utterances of the test file 7 against 30 ms), on the request's path to its first token.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -88,12 +94,13 @@ def is_valid_name(name: str) -> bool:
     return _NAME.fullmatch(name) is not None
 
 
-# An argument is trimmed, so it neither starts nor ends with whitespace (Python's ``\s`` is the
-# set ``str.strip`` removes).
-_ARG_CHAR = r"[^,();]"
-_ARG_EDGE = r"[^,();\s]"
-_ARG_REGEX = rf"{_ARG_EDGE}(?:{_ARG_CHAR}*{_ARG_EDGE})?"
-_ARG_REGEX_FULL = re.compile(_ARG_REGEX)
+# An argument is trimmed, so it neither starts nor ends with whitespace (Python's ``\s``, the set ``str.strip``
+# removes, spelled out: EBNF character classes have no ``\s``).
+_WHITESPACE = (  # every character for which str.isspace() is true
+    "\u0009\u000a\u000b\u000c\u000d\u001c\u001d\u001e\u001f\u0020\u0085\u00a0\u1680\u2000"
+    "\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+_ARG = re.compile(r"[^,();\s](?:[^,();]*[^,();\s])?")
 _DELIMITERS = re.compile(r"[,();]")
 
 
@@ -101,9 +108,6 @@ _DELIMITERS = re.compile(r"[,();]")
 # "5:30", "o'clock" and "p.m" are one word and "paris?" yields "paris".
 _WORD = re.compile(r"[^\W_](?:[^\s,();]*[^\W_])?")
 MAX_SPAN_WORDS = 12  # the longest argument of the smart-home data is 9 words
-# Characters that are special outside a character class; nothing else is escaped, because
-# decoding-regex engines (xgrammar, outlines) disagree on escapes such as "\ " or "\#".
-_REGEX_SPECIAL = re.compile(r"([\\.^$*+?{}\[\]|()\-])")
 
 
 def text_spans(text: str, *, max_words: int = MAX_SPAN_WORDS) -> list[str]:
@@ -133,51 +137,54 @@ def args_are_spans(records: Iterable[tuple[str, Sequence[Call]]]) -> float:
     return found / total if total else 1.0
 
 
-def intent_regex(names: Sequence[str], *, max_calls: int | None = None, arg_spans: Sequence[str] | None = None) -> str:
-    """The regex of canonical outputs whose calls all name one of ``names``.
+def intent_grammar(names: Sequence[str], *, arg_spans: Sequence[str] | None = None) -> str:
+    """The grammar of canonical outputs whose calls all name one of ``names``.
 
-    ``max_calls`` bounds the number of ``;``-joined calls (None: unbounded). Names are sorted
-    longest-first so alternation never stops at a prefix of a longer name. ``arg_spans`` (from
-    ``text_spans``), when given, are the only allowed arguments; an empty list allows no argument.
-    """
+    ``arg_spans`` (from ``text_spans``), when given, are the only allowed arguments; an empty list allows no
+    argument."""
     if not names:
-        raise ValueError("intent_regex needs at least one intent name")
+        raise ValueError("intent_grammar needs at least one intent name")
     bad = [n for n in names if not is_valid_name(n)]
     if bad:
         raise ValueError(f"not valid intent names: {bad}")
-    alternatives = "|".join(re.escape(n) for n in sorted(set(names), key=lambda n: (-len(n), n)))
-    return _calls_regex(alternatives, max_calls, _arg_regex(arg_spans))
+    return _calls_grammar(" | ".join(map(_literal, sorted(set(names)))), _arg_grammar(arg_spans))
 
 
-def any_intent_regex(*, max_calls: int | None = None, arg_spans: Sequence[str] | None = None) -> str:
-    """The regex of canonical outputs naming any ASCII intent name, for models that list no intents.
+def any_intent_grammar(*, arg_spans: Sequence[str] | None = None) -> str:
+    """The grammar of canonical outputs naming any ASCII intent name, for models that list no intents.
 
-    ASCII only: decoding-regex engines disagree on Unicode classes, and trained intent names are
-    identifiers.
-    """
-    return _calls_regex(r"[A-Za-z_][A-Za-z0-9_.\-]*", max_calls, _arg_regex(arg_spans))
+    ASCII only: trained intent names are identifiers, and a grammar engine's letter classes differ from Python's."""
+    return _calls_grammar(r"[A-Za-z_] [A-Za-z0-9_.\-]*", _arg_grammar(arg_spans))
 
 
-def decoding_regex(names: Sequence[str], text: str | None = None) -> str:
-    """The constrained-decoding regex for one request, the same for the server and the evaluator.
+def decoding_grammar(names: Sequence[str], text: str | None = None) -> str:
+    """The constrained-decoding grammar for one request, the same for the server and the evaluator.
 
     ``names``: the model's intents (empty: any ASCII name). ``text``: the request's instruction
     when the model copies its arguments from the text (card ``args_from_text``), else None.
     """
     spans = None if text is None else text_spans(text)
-    return intent_regex(names, arg_spans=spans) if names else any_intent_regex(arg_spans=spans)
+    return intent_grammar(names, arg_spans=spans) if names else any_intent_grammar(arg_spans=spans)
 
 
-def _arg_regex(spans: Sequence[str] | None) -> str | None:
+def _calls_grammar(name: str, arg: str | None) -> str:
+    """The rules of calls (``;``-joined) of ``name``, with arguments ``arg`` (None: no argument at all)."""
+    args = "" if arg is None else ' (arg ("," arg)*)?'
+    rules = ['root ::= call (";" call)*', f'call ::= name "("{args} ")"', f"name ::= {name}"]
+    return "\n".join(rules if arg is None else [*rules, f"arg ::= {arg}"])
+
+
+def _arg_grammar(spans: Sequence[str] | None) -> str | None:
     """Any trimmed argument (None), no argument at all (empty), or exactly one of ``spans``.
 
     The spans are written as a prefix tree, one alternation per branching point: spans starting at
-    the same word share their prefix, so the regex grows with the text, not with the span count
+    the same word share their prefix, so the grammar grows with the text, not with the span count
     times the span length, and the grammar compiler has fewer states to build.
     """
     if spans is None:
-        return _ARG_REGEX
-    bad = [s for s in spans if not s or _ARG_REGEX_FULL.fullmatch(s) is None]
+        edge = _character_class(",();" + _WHITESPACE)
+        return f"{edge} ({_character_class(',();')}* {edge})?"
+    bad = [s for s in spans if not s or _ARG.fullmatch(s) is None]
     if bad:
         raise ValueError(f"not valid arguments: {bad}")
     if not spans:
@@ -188,11 +195,11 @@ def _arg_regex(spans: Sequence[str] | None) -> str | None:
         for ch in span:
             node = node.setdefault(ch, {})
         node[""] = {}  # end of a span
-    return _trie_regex(trie)
+    return _trie_grammar(trie)
 
 
-def _trie_regex(node: dict[str, dict]) -> str:
-    """The regex of the strings of a character trie (``""`` marks where one ends)."""
+def _trie_grammar(node: dict[str, dict]) -> str:
+    """The grammar expression of the strings of a character trie (``""`` marks where one ends)."""
     optional = "" in node
     branches = []
     for ch, child in node.items():
@@ -203,18 +210,23 @@ def _trie_regex(node: dict[str, dict]) -> str:
         while len(child) == 1 and "" not in child:
             ((ch, child),) = child.items()
             literal.append(ch)
-        branches.append(_REGEX_SPECIAL.sub(r"\\\1", "".join(literal)) + _trie_regex(child))
+        rest = _trie_grammar(child)
+        branches.append(_literal("".join(literal)) + (f" {rest}" if rest else ""))
     if not branches:
         return ""
-    body = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
-    return f"(?:{body})?" if optional else body
+    body = branches[0] if len(branches) == 1 else "(" + " | ".join(branches) + ")"
+    return f"({body})?" if optional else body
 
 
-def _calls_regex(name: str, max_calls: int | None, arg: str | None) -> str:
-    args = "" if arg is None else rf"(?:{arg}(?:,{arg})*)?"
-    call = rf"(?:{name})\({args}\)"
-    repeat = "*" if max_calls is None else f"{{0,{max_calls - 1}}}"
-    return rf"{call}(?:;{call}){repeat}"
+def _literal(text: str) -> str:
+    """A string literal of the grammar (its escapes are JSON's)."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _character_class(excluded: str) -> str:
+    """The grammar's class of every character but ``excluded``."""
+    escaped = "".join(f"\\u{ord(c):04x}" if c.isspace() or c in "]\\-^" else c for c in excluded)
+    return f"[^{escaped}]"
 
 
 class _Parser:

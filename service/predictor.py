@@ -17,7 +17,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from service.errors import ServiceError
-from service.intents import Call, decoding_regex, format_calls, try_parse
+from service.intents import Call, decoding_grammar, format_calls, try_parse
 from service.modelcard import ModelCard
 from service.prompt import END_OF_TURN, History, build_prompt, fold_history
 from service.scope import DEFAULT_OOS_LABEL, OutOfScopeRule
@@ -114,7 +114,7 @@ class Predictor:
             max_tokens=max_new_tokens,
             logprobs=RANKING_CANDIDATES,
             stop_token_ids=self.stop_ids,
-            structured_outputs=StructuredOutputsParams(regex=decoding_regex(card.intents)),
+            structured_outputs=StructuredOutputsParams(grammar=decoding_grammar(card.intents)),
             output_kind=RequestOutputKind.FINAL_ONLY,
         )
         self._free = self._constrained.clone()
@@ -147,7 +147,7 @@ class Predictor:
     def sampling_params(self, text: str, *, history: History = (), constrained: bool = True) -> SamplingParams:
         """Greedy decoding of one utterance: free, under the model's intent grammar, or (for a model whose
         arguments are copied from the text) that grammar with arguments limited to word spans of the utterance
-        and its history, built per request (≈ 5 ms to compile, docs/decisions.md)."""
+        and its history, built per request (≈ 2 ms to compile, service/intents.py)."""
         if not constrained:
             return self._free
         if not self.card.args_from_text:
@@ -156,7 +156,7 @@ class Predictor:
 
         params = self._constrained.clone()
         params.structured_outputs = StructuredOutputsParams(
-            regex=decoding_regex(self.card.intents, fold_history(text, history))
+            grammar=decoding_grammar(self.card.intents, fold_history(text, history))
         )
         return params
 

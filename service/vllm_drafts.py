@@ -2,7 +2,7 @@
 tokens, so that the tokens of an intent answer cost a few decode steps instead of one each.
 
 vLLM's ``custom_class`` speculative method calls ``AnswerDrafts.propose`` after each step with every running request's
-tokens. For each, this advances an xgrammar matcher of the card's intent grammar (``service.intents.decoding_regex``
+tokens. For each, this advances an xgrammar matcher of the card's intent grammar (``service.intents.decoding_grammar``
 without the utterance: one grammar for every request, compiled once) over the answer so far and drafts, up to
 ``SPECULATIVE_TOKENS``:
 
@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.intents import decoding_regex
+from service.intents import decoding_grammar
 from service.modelcard import ModelCard, read_card
 from service.prompt import END_OF_TURN
 from service.vllm_states import intent_ranking
@@ -108,7 +108,7 @@ class AnswerDrafts:
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.k = vllm_config.speculative_config.num_speculative_tokens
         info = xgr.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=vllm_config.model_config.get_vocab_size())
-        self.grammar = xgr.GrammarCompiler(info).compile_regex(decoding_regex(card.intents))
+        self.grammar = xgr.GrammarCompiler(info).compile_grammar(decoding_grammar(card.intents))
         self._matcher = xgr.GrammarMatcher
         self.answer_header = self.tokenizer.encode(ANSWER_HEADER, add_special_tokens=False)
         self.user_header = self.tokenizer.encode(USER_HEADER, add_special_tokens=False)

@@ -6,6 +6,7 @@ fixtures live here so every test module uses the same instance.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -30,6 +31,23 @@ OOS_TEST_FILE = DATA_DIR / "smarthome_oos_test.json"
 os.environ.setdefault("INTENTLM_HOME", str(REPO / ".cache" / "intentlm"))
 # vLLM on CPU: a small KV cache is plenty for the 135M model and keeps parallel engines affordable.
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_grammar(grammar: str):
+    import xgrammar as xgr
+
+    # the characters themselves are what a grammar accepts: a vocabulary of single bytes spells any text
+    info = xgr.TokenizerInfo([bytes([b]).decode("latin-1") for b in range(256)])
+    return xgr.GrammarCompiler(info).compile_grammar(grammar)
+
+
+def grammar_accepts(grammar: str, text: str) -> bool:
+    """Whether xgrammar (vLLM's grammar engine) accepts ``text`` as a whole under ``grammar`` (EBNF)."""
+    import xgrammar as xgr
+
+    matcher = xgr.GrammarMatcher(_compiled_grammar(grammar))
+    return matcher.accept_string(text) and matcher.is_completed()
 
 
 @pytest.fixture(scope="session")
