@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
@@ -107,12 +107,20 @@ class OpenAIServing:
 def constrain_chat(request: IntentChatRequest, predictor: Predictor) -> None:
     """Decode a chat request under the intent grammar; the card's system prompt leads a conversation without one."""
     messages = list(request.messages)
-    if not any(message.get("role") == "system" for message in messages):
+    if not any(_part(message, "role") == "system" for message in messages):
         messages.insert(0, {"role": "system", "content": predictor.card.system_prompt})
     request.messages = messages
-    said = " ".join(m["content"] for m in messages if m.get("role") == "user" and isinstance(m.get("content"), str))
-    request.structured_outputs = predictor.sampling_params(said).structured_outputs
+    said = [_part(m, "content") for m in messages if _part(m, "role") == "user"]
+    request.structured_outputs = predictor.sampling_params(
+        " ".join(text for text in said if isinstance(text, str))
+    ).structured_outputs
     request.response_format = None
+
+
+def _part(message: Any, name: str) -> Any:
+    """A field of a chat message: vLLM's message union holds typed dicts and, for some roles, pydantic models (a
+    "developer" message read as one raised AttributeError, a 500 found by schemathesis)."""
+    return message.get(name) if isinstance(message, dict) else getattr(message, name, None)
 
 
 def constrain_completion(request: IntentCompletionRequest, predictor: Predictor) -> None:

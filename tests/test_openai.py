@@ -134,3 +134,28 @@ def test_intents_replies_rank_the_allowed_intents(live_server) -> None:
         assert answer["oos_reason"] in (None, "confidence", "typicality")
         if answer["oos_reason"] is None:
             assert ranking[0]["name"] == answer["intents"][0]["name"]
+
+
+def test_constrain_chat_reads_every_kind_of_message() -> None:
+    """vLLM's message union holds typed dicts and, for some shapes, pydantic models (a harmony ``Message`` with an
+    ``author``): both are read without error, the card's system prompt leads, the user's words bound the spans."""
+    from service.modelcard import ModelCard
+    from service.openai_serving import IntentChatRequest, constrain_chat
+    from service.predictor import Predictor
+
+    class Tokenizer:
+        unk_token_id = 0
+
+        def convert_tokens_to_ids(self, token: str) -> int:
+            return 1
+
+    card = ModelCard(system_prompt="Be brief.", intents=["iot_hue_lightoff"], args_from_text=True)
+    predictor = Predictor(card, Tokenizer(), max_model_len=64)
+    request = IntentChatRequest(
+        model="m",
+        messages=[{"author": {"role": "tool"}, "content": []}, {"role": "user", "content": "lights off"}],
+        intents=True,
+    )
+    constrain_chat(request, predictor)
+    assert request.messages[0] == {"role": "system", "content": "Be brief."}
+    assert '"lights"' in request.structured_outputs.grammar

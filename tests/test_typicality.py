@@ -231,6 +231,14 @@ def test_vllm_scores_typicality_in_its_own_pass_as_the_second_pass_does(demo_mod
     from transformers import AutoTokenizer
 
     predictor = Predictor(read_card(demo_model), AutoTokenizer.from_pretrained(demo_model), max_model_len=2048)
-    two = scorer.score_all([predictor.prompt_ids(t) for t in texts])
+    prompts = [predictor.prompt_ids(t) for t in texts]
+    two = scorer.score_all(prompts)
     assert None not in single
     assert single == pytest.approx(two.tolist(), abs=1e-4)
+    # the same pass ranks the intents for the answer drafts (service.vllm_drafts), kept in the worker (this process:
+    # the offline engine runs in-process); nearest first, as the statistics rank the second pass's states
+    from service.vllm_states import intent_ranking
+
+    states = scorer.states(prompts)
+    for prompt, distances in zip(prompts, scorer.statistics.squared_distances(states)):
+        assert intent_ranking(prompt)[0] == scorer.statistics.intents[int(distances.argmin())]
