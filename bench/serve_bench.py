@@ -45,6 +45,7 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from service.config import Settings  # noqa: E402
 from service.hardware import cpu_flags  # noqa: E402
 from service.intents import decoding_grammar, parse  # noqa: E402
 from service.modelcard import ModelCard, base_model_dir, read_card, write_card  # noqa: E402
@@ -71,6 +72,20 @@ def smarthome_model(work: Path) -> tuple[Path, list[str]]:
     intents = sorted({call.name for r in records for call in parse(r["output"])})
     write_card(model, ModelCard(base_model=base.name, system_prompt=SYSTEM_PROMPT, intents=intents))
     return model, intents
+
+
+def vllm_flags(model: Path) -> list[str]:
+    """vLLM's server flags for the engine arguments `intentlm serve` gives its engine by default (service.config),
+    without intentlm's own extensions (typicality in the pass, answer drafts), so (a) and (c) compare alike. Also sets
+    the vLLM variables intentlm sets, in this process's environment, which the servers inherit."""
+    args = Settings(typicality=False, jump_forward="off").engine_args(model)
+    flags: list[str] = []
+    for name, value in args.items():
+        if value is True:
+            flags.append(f"--{name.replace('_', '-')}")
+        elif value is not False:
+            flags += [f"--{name.replace('_', '-')}", str(value)]
+    return flags
 
 
 def free_port() -> int:
@@ -197,7 +212,6 @@ def main() -> None:
     if not all(level >= 1 for level in levels) or args.min_requests < 1:
         parser.error("--levels must be positive concurrencies and --min-requests at least 1")
 
-    # The same engine settings for every vLLM server (intentlm's defaults), so (a) and (c) compare alike.
     env = {
         **os.environ,
         "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
@@ -295,20 +309,11 @@ def main() -> None:
             python,
             "-m",
             "vllm.entrypoints.openai.api_server",
-            "--model",
-            str(model),
+            *vllm_flags(model),
             "--served-model-name",
             "m",
             "--port",
             str(port),
-            "--max-model-len",
-            "2048",
-            "--max-num-seqs",
-            "64",
-            "--enforce-eager",
-            "--enable-prefix-caching",
-            "--generation-config",
-            "vllm",
             "--disable-uvicorn-access-log",
         ]
         run("vllm", command, f"{url}/health", {"(c) vLLM OpenAI server": vllm_send})

@@ -37,6 +37,11 @@ class ModelNotFoundError(IntentlmError, RuntimeError):
 MAX_MODELS = 32  # models one server holds at most: the bound of the ``model`` label of the metrics
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's allowed max_lora_rank values
 CPU_BLOCK_SIZE = 32  # tokens per KV block on the CPU: the smallest multiple of 32 its attention kernel takes
+EAGER = (
+    "Run the model as written: no torch.compile, no graph capture. Starts ~10 s faster (~60 s the first time on a "
+    "machine, before the compile cache is filled), but a request takes ~1.4x as long on the 2-core CPU. Default: "
+    "on for offline runs (eval, pre-labelling, training's scoring), off for the server."
+)
 
 
 class EngineSettings(BaseSettings):
@@ -52,7 +57,10 @@ class EngineSettings(BaseSettings):
         description="Compute dtype of vLLM and the typicality pass; auto: bfloat16 where "
         "the hardware computes it natively (CUDA, AVX512-BF16/AMX CPUs), else float32.",
     )
-    enforce_eager: bool = Field(True, description="Skip graph capture/compilation: faster start on CPU.")
+    # Offline runs are one batch, over in a minute: compiling costs more than it saves there, while a server compiles
+    # once for hours of requests (``Settings``). In float32 both give the same answers; in bf16 a near-tied argument
+    # can differ (8 of the 480 test answers), as it does between batches of different sizes.
+    enforce_eager: bool = Field(True, description=EAGER)
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="GPU only: share of memory vLLM may take.")
     tensor_parallel_size: int = Field(1, ge=1, description="GPU only: shard the model over this many GPUs (vLLM).")
     max_in_flight: int = Field(64, ge=1, description="Requests generating at once: vLLM's max_num_seqs.")
@@ -192,6 +200,8 @@ def _model_dirs(path: Path, name: str | None) -> list[tuple[str, Path]]:
 
 class Settings(EngineSettings):
     """The server's settings: the engine's, and what the HTTP side adds."""
+
+    enforce_eager: bool = Field(False, description=EAGER)  # compiled: see EngineSettings.enforce_eager
 
     model: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
