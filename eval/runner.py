@@ -70,12 +70,10 @@ def model_card(model_dir: str | os.PathLike[str]) -> ModelCard:
 def load_llm(model_dir: str | os.PathLike[str], settings: EngineSettings) -> LLM:
     """vLLM's offline engine with the server's engine arguments (``service.config.EngineSettings``).
 
-    The engine runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0`` unless the caller set it):
-    an offline batch has no frontend to keep responsive, and a separate engine-core process costs
-    a second import of torch and vLLM and competes with this one for the cores (BENCHMARKS.md,
-    "Evaluation").
+    The engine runs in this process (``EngineSettings.engine_args`` sets ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` unless
+    the caller set it): an offline batch has no frontend to keep responsive, and a separate engine-core process costs
+    a second import of torch and vLLM and competes with this one for the cores (BENCHMARKS.md, "Evaluation").
     """
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     from vllm import LLM
 
     return LLM(**settings.engine_args(Path(model_dir)))

@@ -9,7 +9,6 @@ differently from single-token steps, which flipped one near-tied argument of 480
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -89,7 +88,6 @@ def test_a_sampled_request_decodes_beside_drafted_ones(demo_model: Path) -> None
     from service.modelcard import read_card
     from service.predictor import Predictor
 
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     llm = LLM(**EngineSettings(jump_forward="on").engine_args(demo_model))
     try:
         predictor = Predictor(read_card(demo_model), llm.get_tokenizer(), max_model_len=2048)
