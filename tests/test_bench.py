@@ -407,3 +407,13 @@ def test_recipe_run_smallest(base_model: Path, tmp_path: Path) -> None:
     path, figures = done.stdout.strip().splitlines()[-1].split(" ", 1)
     assert Path(path) == study / "tiny.val" and json.loads(figures)["single"]["records"] == 8
     assert (study / "tiny" / "intentlm.json").is_file() and (study / "tiny.log").is_file()
+
+
+def test_avx2_emulation_hides_avx512_and_amx_from_torch() -> None:
+    """bench/avx2_emulation: a process with it on PYTHONPATH and EMULATE_AVX2=1 sees an AVX2-only CPU; without the
+    variable, the machine's own."""
+    check = "import torch; print(torch.cpu._is_avx512_supported(), torch.cpu._is_amx_tile_supported())"
+    env = {**os.environ, "PYTHONPATH": str(BENCH / "avx2_emulation")}
+    emulated = subprocess.run([sys.executable, "-c", check], env={**env, "EMULATE_AVX2": "1"}, capture_output=True)
+    assert emulated.stdout.split() == [b"False", b"False"], emulated.stderr
+    assert subprocess.run([sys.executable, "-c", check], env=env, check=True).returncode == 0
