@@ -264,6 +264,6 @@ def typicality_scorer(
     if is_adapter_dir(model_dir):
         raise IntentlmError(
             f"{model_dir} is an adapter directory: typicality's second forward pass needs merged weights (it is "
-            "scored in vLLM's own pass where the engine is eager on one worker, the CPU default)"
+            "scored in vLLM's own pass on one worker without CUDA graphs, as on the CPU)"
         )
     return TypicalityScorer(HiddenStates(model_dir, cpu_threads=cpu_threads, dtype=dtype), statistics)

@@ -127,7 +127,7 @@ def keep_states(input_ids: torch.Tensor | None, positions: torch.Tensor, hidden:
     from vllm.forward_context import get_forward_context
 
     metadata = get_forward_context().attn_metadata
-    if isinstance(metadata, list):  # micro-batches: not used by an eager single-worker engine
+    if isinstance(metadata, list):  # micro-batches: not used by a single-worker engine without CUDA graphs
         return
     if not metadata:
         return
