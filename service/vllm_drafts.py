@@ -9,16 +9,18 @@ without the utterance: one grammar for every request, compiled once) over the an
 * what the grammar forces (``find_jump_forward_string``: ``iot_hue_light`` + ``off`` leaves ``()``);
 * where the model has a choice, the likely one (``_likely``): the rest of the intent name that the typicality
   statistics rank nearest to the prompt's last hidden state (``service.vllm_states.intent_ranking``, where vLLM scores
-  typicality in its own pass: the model writes that intent for 533 of the 540 test answers); inside an argument, the
-  rest of the utterance's word it is copying, then its end ``)`` (most arguments are a word or two), or, once the
-  model has gone past one word, the rest of the utterance up to a delimiter;
+  typicality in its own pass: the model writes that intent for 533 of the 540 test answers); at an argument's start,
+  the next word of the utterance that is not a filler ("at", "the", "please"...) nor the intent's own name; inside an
+  argument, the rest of the utterance's word it is copying, then the next word, ``,`` or ``)`` as the utterance goes
+  on, or, once the argument has two words, the rest of the utterance up to a delimiter;
 
 then what the grammar forces after that guess, and so on. vLLM verifies drafts as it verifies any proposal, under the
 request's own grammar (the utterance's spans included): a token is kept only where it is the model's own choice
 (greedy decoding), or by rejection sampling for a sampled request, so the answers are what decoding without drafts
 gives, and a wrong guess costs only its share of one forward pass: on the 2-core CPU a step that verifies nine tokens
 costs about what a one-token step does. On the demo and the smart-home test files (480 + 60 answers) this takes an
-answer from 9.9 forward passes to 4.4 (5.9 with the forced tokens alone; the training file: 10.4, 4.6, 6.2). A request that is not an intent answer
+answer from 9.9 forward passes to 3.6 (5.9 with the forced tokens alone; the training file: 10.4 to 3.7, 6.2), the
+slowest 1 % from 12 to 9. A request that is not an intent answer
 (``POST /``, ``constrained: false``) gets no draft once its text leaves the grammar.
 
 The answer is found after the prompt's last assistant header (the chat template's ``<|im_start|>assistant\\n``); a
@@ -45,8 +47,17 @@ SPECULATIVE_TOKENS = 8  # the longest draft vLLM verifies in one step (more gain
 ANSWER_HEADER = "<|im_start|>assistant\n"
 USER_HEADER = "<|im_start|>user\n"
 _ARGUMENT_START = re.compile(r"[(,]")
+_WORD = re.compile(r"[^\s,();]+")
 _WORD_END = re.compile(r"[\s,();]")
 _ARGUMENT_END = re.compile(r"[,();]")
+# Words that seldom begin or continue an argument: function words and the verbs of a request. English, like the
+# demo; on other data they make worse guesses, which cost speed, never answers.
+_FILLER_WORDS = """
+a an the at on in for to of from with about by and or then my me i is are be it this that what what's whats how when
+where can could would will you do does please let know tell show give get put add set turn switch play remind schedule
+start stop need
+"""
+_FILLERS = frozenset(_FILLER_WORDS.split())
 
 
 def register_cpu_expand() -> None:
@@ -168,35 +179,65 @@ class AnswerDrafts:
 
 def _likely(answer: str, ranking: Sequence[str], utterance: str) -> str:
     """The likely continuation of ``answer`` (what the model wrote so far) at a choice the grammar leaves open, or ""
-    where there is no guess (the first word of an argument; after a call, ``;`` or the end).
+    where there is no guess (after a call: ``;`` or the end).
 
     In an intent name: the rest of the best-ranked intent it can still become, preferring one the answer has not
-    called yet, and its ``(``. In an argument: ``_argument_likely``."""
+    called yet, and its ``(``. At an argument's start: its likely first word (``_first_word``). In an argument:
+    ``_argument_likely``."""
     call = answer.rpartition(";")[2]
     if "(" not in call:
         called = {earlier.partition("(")[0] for earlier in answer.split(";")[:-1]}
         names = [name for name in ranking if name.startswith(call) and name != call]
         name = next((name for name in names if name not in called), names[0] if names else None)
         return "" if name is None else name[len(call) :] + "("
-    argument = _ARGUMENT_START.split(call)[-1]
-    return "" if not argument or call.endswith(")") else _argument_likely(argument, utterance)
+    if call.endswith(")"):
+        return ""
+    name, _, arguments = call.partition("(")
+    *earlier, argument = _ARGUMENT_START.split(arguments)
+    if argument:
+        return _argument_likely(argument, utterance)
+    start = _span_end(earlier[-1], utterance) if earlier else 0
+    return "" if start is None else _first_word(utterance[start:], name)
+
+
+def _first_word(text: str, name: str) -> str:
+    """An argument's likely first word: the first word of ``text`` (the utterance after the previous argument's span,
+    or all of it for the first argument) that is neither a filler nor a part of the intent's name (``lights`` in
+    "turn off the lights" for ``iot_hue_lightoff`` is the request, not its argument)."""
+    parts = [part for part in name.split("_") if part]
+    for word in _WORD.findall(text):
+        lower = word.lower()
+        if lower not in _FILLERS and not any(lower.startswith(part) for part in parts):
+            return word
+    return ""
 
 
 def _argument_likely(argument: str, utterance: str) -> str:
-    """How an argument copied from the utterance likely goes on: the rest of the utterance's word it ends in; at the
-    end of a word, ``)`` (most arguments are one or two words), or, once it has two words, the rest of the utterance
-    up to a delimiter and ``)``. ``)`` for an argument that is not a span of the utterance."""
-    for found in re.finditer(re.escape(argument), utterance):
-        if found.start() and utterance[found.start() - 1].isalnum():
-            continue  # a span starts at a word
-        tail = utterance[found.end() :]
-        rest_of_word = _WORD_END.split(tail, maxsplit=1)[0]
-        if rest_of_word:
-            return rest_of_word
-        if len(argument.split()) > 1:
-            return _ARGUMENT_END.split(tail, maxsplit=1)[0].rstrip() + ")"
+    """How an argument copied from the utterance likely goes on: the rest of the utterance's word it ends in; once
+    it has two words, the rest of the utterance up to a delimiter and ``)``; at the end of its first word, the next word of the
+    utterance unless it is a filler ("seven am"), else ``,`` where a word that is not a filler follows before the
+    next comma (another argument), else ``)``. ``)`` for an argument that is not a span of the utterance."""
+    end = _span_end(argument, utterance)
+    if end is None:
         return ")"
-    return ")"
+    tail = utterance[end:]
+    rest_of_word = _WORD_END.split(tail, maxsplit=1)[0]
+    if rest_of_word:
+        return rest_of_word
+    if len(argument.split()) > 1:
+        return _ARGUMENT_END.split(tail, maxsplit=1)[0].rstrip() + ")"
+    words = _WORD.findall(tail.partition(",")[0])
+    if words and words[0].lower() not in _FILLERS:
+        return " " + words[0]
+    return "," if any(word.lower() not in _FILLERS for word in words) else ")"
+
+
+def _span_end(argument: str, utterance: str) -> int | None:
+    """Where ``argument``'s first occurrence in the utterance that starts at a word ends, or None (not a span)."""
+    for found in re.finditer(re.escape(argument), utterance):
+        if not (found.start() and utterance[found.start() - 1].isalnum()):
+            return found.end()
+    return None
 
 
 def _last_index(tokens: Sequence[int], needle: Sequence[int]) -> int | None:

@@ -20,6 +20,7 @@ from service.config import EngineSettings
 from service.vllm_drafts import _argument_likely, _likely, expand_by_request
 
 RANKING = ("alarm_set", "alarm_query", "iot_hue_lightoff", "iot_cleaning")
+UTTERANCE = "set an alarm at seven am tomorrow morning, then call mum"
 
 
 @pytest.mark.parametrize(
@@ -28,29 +29,32 @@ RANKING = ("alarm_set", "alarm_query", "iot_hue_lightoff", "iot_cleaning")
         ("al", "arm_set("),  # the best-ranked intent the name can still become
         ("iot", "_hue_lightoff("),
         ("iot_c", "leaning("),
-        ("alarm_set(", ""),  # an argument's first word is the model's to choose
-        ("alarm_set(tomorrow,", ""),
+        ("alarm_set(", "seven"),  # the first word that is neither a filler nor the intent's name
+        ("alarm_set(seven am,", "tomorrow"),  # the next one after the previous argument's span
+        ("alarm_set(lamp,", ""),  # after an argument that is not a span: no guess
         ("alarm_set(seven am)", ""),  # after a call: ';' or the end
         ("alarm_set(seven am);al", "arm_query("),  # the second call prefers an intent not called yet
         ("weather_", ""),  # no ranked intent begins so
     ],
 )
-def test_likely_continues_a_name_by_the_ranking(answer: str, expected: str) -> None:
-    assert _likely(answer, RANKING, "wake me at seven am tomorrow") == expected
+def test_likely_guesses_names_by_the_ranking_and_first_words_from_the_utterance(answer: str, expected: str) -> None:
+    assert _likely(answer, RANKING, UTTERANCE) == expected
 
 
 @pytest.mark.parametrize(
     "argument, expected",
     [
         ("sev", "en"),  # the rest of the utterance's word
-        ("seven", ")"),  # a word done: most arguments end here
-        ("seven am", " tomorrow please)"),  # past one word: the rest of the span, up to a delimiter
+        ("seven", " am"),  # a word done and the next is no filler: the span goes on
+        ("alarm", ","),  # a filler next, then a word before the comma: another argument
+        ("morning", ")"),  # nothing before the comma: the end
+        ("seven am", " tomorrow morning)"),  # two words: the rest of the span, up to a delimiter
         ("even", ")"),  # not a span: spans start at a word
         ("lamp", ")"),  # not in the utterance
     ],
 )
 def test_argument_likely_follows_the_utterance(argument: str, expected: str) -> None:
-    assert _argument_likely(argument, "wake me at seven am tomorrow please, now") == expected
+    assert _argument_likely(argument, UTTERANCE) == expected
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.int32, torch.int64])
