@@ -10,11 +10,13 @@ live server, and one recipe run.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from conftest import REPO, TRAIN_FILE, LiveServer, link_model
@@ -32,6 +34,7 @@ SCRIPTS = (
     "serve_bench.py",
     "serve_transformers_baseline.py",
     "split_figures.py",
+    "threshold_promise.py",
     "train_bench.py",
     "train_demo.py",
     "typicality_bench.py",
@@ -260,6 +263,63 @@ def test_typicality_crossfit_on_a_few_records(smarthome_model: Path, tmp_path: P
     assert "correct validation answers below" in done.stdout and "out-of-scope recall" in done.stdout
 
 
+def threshold_promise() -> ModuleType:
+    """bench/threshold_promise.py as a module (bench/ is no package)."""
+    spec = importlib.util.spec_from_file_location("threshold_promise", BENCH / "threshold_promise.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def fake_snips(root: Path, rows: int) -> Path:
+    """sonos/nlu-benchmark's 2017-06 folder in miniature: ``rows`` training and test rows for each intent."""
+    for intent in threshold_promise().SNIPS_INTENTS:
+        folder = root / "2017-06-custom-intent-engines" / intent
+        folder.mkdir(parents=True)
+        for name in (f"train_{intent}_full.json", f"validate_{intent}.json"):
+            data = [
+                {"data": [{"text": f"Please {intent} "}, {"text": f"Item, {i}", "entity": "object"}, {"text": " now"}]}
+                for i in range(rows)
+            ]
+            write_json(folder / name, {intent: data})
+    return root
+
+
+def fake_clinc(root: Path, rows: int) -> Path:
+    """clinc/oos-eval's data in miniature: one domain of two intents, ``rows`` rows of each split."""
+    (root / "data").mkdir(parents=True)
+    splits = {
+        split: [[f"{split} {intent} request {i}", intent] for intent in ("alarm", "timer") for i in range(rows)]
+        for split in ("train", "val", "test")
+    }
+    splits["oos_test"] = [[f"what is the capital of country {i}", "oos"] for i in range(rows)]
+    write_json(root / "data" / "data_full.json", splits)
+    write_json(root / "data" / "domains.json", {"home": ["alarm", "timer"], "work": ["pto_request"]})
+    return root
+
+
+def test_threshold_promise_builds_the_public_data_as_the_smart_home_data(tmp_path: Path) -> None:
+    """SNIPS: snake-case intents, slot values in order (a comma inside one becomes a space), validation rows the
+    training did not take; CLINC150: one domain's intents, no arguments, its out-of-scope test rows."""
+    bench = threshold_promise()
+    bench.build_snips(fake_snips(tmp_path / "snips", rows=5), tmp_path / "s", records=21)
+    train = json.loads((tmp_path / "s" / "train.json").read_text())
+    validation = json.loads((tmp_path / "s" / "validation.json").read_text())
+    assert len(train) == 21 and len(validation) == 14  # 3 + the other 2 of each intent's 5
+    assert {r["instruction"] for r in train}.isdisjoint(r["instruction"] for r in validation)
+    assert {"instruction": "please addtoplaylist item, 0 now", "output": "add_to_playlist(item 0)"} in [
+        *train,
+        *validation,
+    ]
+    assert len(json.loads((tmp_path / "s" / "test.json").read_text())) == 35
+    bench.build_clinc(fake_clinc(tmp_path / "clinc", rows=4), tmp_path / "c", 6, "home")
+    train = json.loads((tmp_path / "c" / "train.json").read_text())
+    assert len(train) == 6 and {r["output"] for r in train} == {"alarm()", "timer()"}
+    assert json.loads((tmp_path / "c" / "oos_test.json").read_text())[0]["output"] == "oos()"
+    assert len(json.loads((tmp_path / "c" / "validation.json").read_text())) == 8
+
+
 def test_train_bench_on_two_records(base_model: Path, tmp_path: Path) -> None:
     """The three variants' training steps on 2 records each (QLoRA, LoRA): the table prints."""
     done = run_script(BENCH / "train_bench.py", "--records", "2", timeout=600)
@@ -312,6 +372,18 @@ def test_many_models_bench_smallest(demo_model: Path, tmp_path: Path) -> None:
         r["req_per_s"] > 0 and r["rss_mib"] > 0 for r in report["results"].values()
     )
     assert set(report["summary"]) == {"memory_ratio_rss", "memory_ratio_pss", "throughput_ratio"}
+
+
+@pytest.mark.engine
+def test_threshold_promise_smallest(base_model: Path, tmp_path: Path) -> None:
+    """Train on 8 CLINC-like records, then both rules on the test split: the table and results.json come out."""
+    out = tmp_path / "promise"
+    args = ("--clinc", fake_clinc(tmp_path / "clinc", rows=4), "--train-records", "8", "--out", out)
+    done = run_script(BENCH / "threshold_promise.py", *args, timeout=900)
+    results = json.loads((out / "results.json").read_text())["clinc150 home"]
+    assert set(results) == {"as trained", "calibrated on validation"}
+    assert all(r["test"] == 8 and "oos_recall" in r for r in results.values())
+    assert "| clinc150 home | as trained |" in done.stdout
 
 
 @pytest.mark.engine
