@@ -44,7 +44,8 @@ EAGER = (
 )
 MAX_IN_FLIGHT = (
     "Requests generating at once: vLLM's max_num_seqs. Default: 64 for the server (with max_queued, its admission "
-    "bound), 512 for offline runs, whose batch is bound by computation: the more requests share a step, the fewer steps."
+    "bound), 512 for offline runs, whose batch is bound by computation: the more requests share a step, the fewer "
+    "steps."
 )
 JUMP_FORWARD = (
     "Propose answer drafts to vLLM as speculative tokens: what the intent grammar forces and the likely rest of the "

@@ -214,9 +214,9 @@ def _first_word(text: str, name: str) -> str:
 
 def _argument_likely(argument: str, utterance: str) -> str:
     """How an argument copied from the utterance likely goes on: the rest of the utterance's word it ends in; once
-    it has two words, the rest of the utterance up to a delimiter and ``)``; at the end of its first word, the next word of the
-    utterance unless it is a filler ("seven am"), else ``,`` where a word that is not a filler follows before the
-    next comma (another argument), else ``)``. ``)`` for an argument that is not a span of the utterance."""
+    it has two words, the rest of the utterance up to a delimiter and ``)``; at the end of its first word, the next
+    word of the utterance unless it is a filler ("seven am"), else ``,`` where a word that is not a filler follows
+    before the next comma (another argument), else ``)``. ``)`` for an argument that is not a span of the utterance."""
     end = _span_end(argument, utterance)
     if end is None:
         return ")"
