@@ -63,7 +63,9 @@ def snake(name: str) -> str:
 def snips_records(root: Path, intent: str, split: str) -> list[dict[str, str]]:
     """One SNIPS intent's records: ``split`` is ``train`` (the ``_full`` file) or ``validate`` (its test rows)."""
     name = f"train_{intent}_full.json" if split == "train" else f"validate_{intent}.json"
-    rows = json.loads((root / "2017-06-custom-intent-engines" / intent / name).read_text(encoding="latin-1"))[intent]
+    path = root / "2017-06-custom-intent-engines" / intent / name
+    # errors="replace": train_PlayMusic_full.json spells one emoji as UTF-8-encoded surrogates, which are no UTF-8
+    rows = json.loads(path.read_bytes().decode("utf-8", errors="replace"))[intent]
     records = []
     for row in rows:
         utterance = clean("".join(part["text"] for part in row["data"]))
