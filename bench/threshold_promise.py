@@ -99,9 +99,9 @@ def build_clinc(root: Path, out: Path, train_records: int, domain: str) -> None:
     def records(split: str) -> list[dict[str, str]]:
         return [{"instruction": clean(t), "output": f"{i}()"} for t, i in data[split] if i in intents]
 
-    train = []
+    train, pool = [], records("train")
     for intent in sorted(intents):
-        rows = [r for r in records("train") if r["output"] == f"{intent}()"]
+        rows = [r for r in pool if r["output"] == f"{intent}()"]
         rng.shuffle(rows)
         train += rows[:per_intent]
     rng.shuffle(train)
