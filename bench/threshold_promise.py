@@ -22,7 +22,8 @@ a comma inside one becomes a space; intent names in snake case)::
     .venv/bin/python bench/threshold_promise.py --snips PATH/nlu-benchmark --clinc PATH/oos-eval --out runs/promise
 
 Each data set trains for ~10 minutes on the 2-core CPU on ``--train-records`` records (default 490, as many per
-intent).
+intent). ``--threshold-folds K`` trains with the knob ``threshold_folds`` K (the threshold from K more fine-tunes, each
+without one fold: about K times as long), into ``model_folds_K``.
 """
 
 from __future__ import annotations
@@ -120,27 +121,28 @@ def run(*args: str) -> None:
     subprocess.run([str(INTENTLM), *args], check=True, cwd=REPO)
 
 
-def promise(work: Path) -> dict[str, dict[str, float | int]]:
+def promise(work: Path, threshold_folds: int = 0) -> dict[str, dict[str, float | int]]:
     """Train (unless done), then count what the card's rule does to the correct in-scope test answers: as trained,
     and once calibrated on the validation split."""
-    model = work / "model"
+    suffix = f"_folds_{threshold_folds}" if threshold_folds else ""
+    model = work / f"model{suffix}"
     trained_card = model / "intentlm.train.json"
     if not (model / "intentlm.json").exists():
-        run("train", "--data", str(work / "train.json"), "--output", str(model))
+        folds = ["--threshold_folds", str(threshold_folds)] if threshold_folds else []
+        run("train", "--data", str(work / "train.json"), "--output", str(model), *folds)
     if trained_card.exists():
         shutil.copyfile(trained_card, model / "intentlm.json")
     else:
         shutil.copyfile(model / "intentlm.json", trained_card)
-    figures = {"as trained": measure(work, "trained")}
+    figures = {"as trained": measure(work, model, f"trained{suffix}")}
     run("eval", "--model", str(model), "--data", str(work / "validation.json"), "--calibrate")
-    figures["calibrated on validation"] = measure(work, "calibrated")
+    figures["calibrated on validation"] = measure(work, model, f"calibrated{suffix}")
     return figures
 
 
-def measure(work: Path, name: str) -> dict[str, float | int]:
+def measure(work: Path, model: Path, name: str) -> dict[str, float | int]:
     """The test split's correct in-scope answers (before the out-of-scope rule) and how many of them the card's rule
     rejected; the out-of-scope recall where the data has out-of-scope test rows."""
-    model = work / "model"
     card = json.loads((model / "intentlm.json").read_text())
     rows = evaluate(model, work / "test.json", work / f"eval_{name}")
     correct = [r for r in rows if r["raw"].partition("(")[0] == r["gold_intent"]]
@@ -170,6 +172,7 @@ def main() -> None:
     parser.add_argument("--clinc", type=Path, help="a checkout of clinc/oos-eval")
     parser.add_argument("--clinc-domain", default="home", help="the CLINC150 domain whose 15 intents are used")
     parser.add_argument("--train-records", type=int, default=490, help="training records, as many per intent")
+    parser.add_argument("--threshold-folds", type=int, default=0, help="train with --threshold_folds K")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "promise")
     args = parser.parse_args()
     if not (args.snips or args.clinc):
@@ -177,11 +180,12 @@ def main() -> None:
     results = {}
     if args.snips:
         build_snips(args.snips, args.out / "snips", args.train_records)
-        results["snips"] = promise(args.out / "snips")
+        results["snips"] = promise(args.out / "snips", args.threshold_folds)
     if args.clinc:
         build_clinc(args.clinc, args.out / "clinc", args.train_records, args.clinc_domain)
-        results[f"clinc150 {args.clinc_domain}"] = promise(args.out / "clinc")
-    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+        results[f"clinc150 {args.clinc_domain}"] = promise(args.out / "clinc", args.threshold_folds)
+    suffix = f"_folds_{args.threshold_folds}" if args.threshold_folds else ""
+    (args.out / f"results{suffix}.json").write_text(json.dumps(results, indent=1))
     print("| data | rule | correct in-scope test answers | rejected by the rule | typicality threshold | oos recall |")
     print("|---|---|---|---|---|---|")
     for name, rules in results.items():

@@ -54,8 +54,9 @@ class IntentStatistics:
     intents: tuple[str, ...]
     means: np.ndarray  # (intents, dim)
     precision: np.ndarray  # (dim, dim)
-    # The typicality of each training state under statistics fitted without its fold: what new in-scope
-    # requests score, for choosing the threshold. Empty for data too small to cross-fit (< 2 * FOLDS).
+    # The typicality of each training state under statistics fitted without its fold (or, with training's
+    # ``threshold_folds``, under a model fine-tuned without it): what new in-scope requests score, for choosing
+    # the threshold. Empty for data too small to cross-fit (< 2 * FOLDS).
     held_out: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.float32))
 
     @classmethod
@@ -63,9 +64,10 @@ class IntentStatistics:
         cls, states: np.ndarray, labels: Sequence[str], shrinkage: float = SHRINKAGE, folds: int = FOLDS
     ) -> IntentStatistics:
         """Fit on the training states and their intents (the first call's, for a multi-intent record),
-        and score each state under statistics fitted on the other ``folds - 1`` folds (``held_out``)."""
+        and score each state under statistics fitted on the other ``folds - 1`` folds (``held_out``); ``folds``
+        0: no cross-fitting (for a caller with held-out scores of its own, training.trainer's threshold folds)."""
         statistics = cls._fit(states, labels, shrinkage)
-        if len(states) < 2 * folds:
+        if folds < 2 or len(states) < 2 * folds:
             return statistics
         fold = np.arange(len(states)) % folds  # interleaved: data grouped by intent spreads over every fold
         held_out = np.empty(len(states), dtype=np.float32)

@@ -218,6 +218,8 @@ def test_dry_run_reports_without_training(tiny_data: Path, base_model: Path, tmp
         (["--base-model", "/nonexistent"], "intentlm model prepare"),
         (["--resume"], "no complete checkpoint"),
         (["--config", "/nonexistent.yaml"], "no such config file"),
+        (["--threshold_folds", "1"], "0 (off) or at least 2"),
+        (["--threshold_folds", "9"], "threshold_folds 9 needs at least 18 in-scope records (got 16)"),
     ],
 )
 def test_bad_input_fails_before_compute(
@@ -329,3 +331,61 @@ def test_adapter_run_writes_an_adapter_directory_that_eval_serves(
     result = run_intentlm("eval", "--model", output, "--data", tiny_data, "--report", tmp_path / "report")
     assert result.returncode == 0, result.stderr[-3000:]
     assert len((tmp_path / "report" / "predictions.jsonl").read_text().splitlines()) == 16
+
+
+def test_threshold_folds_score_every_record_with_a_model_that_never_saw_it(
+    tiny_data: Path, base_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The folds split the in-scope records; the records labelled out of scope train every fold's model. The
+    fine-tunes and the forward passes are fakes here (the real ones: the next test)."""
+    import numpy as np
+
+    import service.typicality
+    import training.trainer as trainer
+    from service.modelcard import ModelCard
+    from training.config import resolve_config
+
+    records = json.loads(tiny_data.read_text())[:6] + [{"instruction": "order a pizza", "output": "oos()"}]
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps(records))
+    config, explicit = resolve_config("lora", None, {"seq_length": "64", "threshold_folds": "3"})
+    plan = trainer.plan_training(data, tmp_path / "out", config, explicit, base_model)
+    trained_on: list[list[str]] = []
+
+    def fake_train(fold_plan: trainer.TrainPlan) -> ModelCard:
+        assert fold_plan.config.threshold_folds == 0 and fold_plan.output.parent == tmp_path / "folds"
+        trained_on.append([r.instruction for r in fold_plan.records])
+        fold_plan.output.mkdir(parents=True)
+        IntentStatistics(("x",), np.zeros((1, 2), np.float32), np.eye(2, dtype=np.float32)).save(fold_plan.output)
+        return ModelCard(system_prompt=fold_plan.config.system_prompt)
+
+    class FakeStates:  # the fold's number as the state of each prompt it scores: typicality exp(-fold**2 / 4)
+        def __init__(self, model_dir: Path) -> None:
+            self.fold = int(Path(model_dir).name.removeprefix("fold"))
+
+        def __call__(self, prompts: list, progress: bool = False) -> np.ndarray:
+            return np.full((len(prompts), 2), [self.fold, 0], dtype=np.float32)
+
+    monkeypatch.setattr(trainer, "train", fake_train)
+    monkeypatch.setattr(service.typicality, "HiddenStates", FakeStates)
+    scores = trainer.out_of_fold_typicality(plan, tmp_path / "folds")
+    in_scope = [r["instruction"] for r in records[:6]]
+    assert trained_on == [[i for j, i in enumerate(in_scope) if j % 3 != k] + ["order a pizza"] for k in range(3)]
+    assert np.allclose(scores, [np.exp(-((j % 3) ** 2) / 4) for j in range(6)])
+    assert not list((tmp_path / "folds").iterdir())  # each fold's model is removed once it has scored
+
+
+def test_threshold_folds_through_the_real_command(tiny_data: Path, base_model: Path, tmp_path: Path) -> None:
+    output = tmp_path / "model"
+    result = run_intentlm("train", "--data", tiny_data, "--output", output, *TINY, "--threshold_folds", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (
+        "threshold fold 1/2: fine-tuning on 8 of 16 records" in result.stderr and "threshold fold 2/2" in result.stderr
+    )
+    statistics = IntentStatistics.load(output)
+    card = read_card(output)
+    assert statistics is not None and card is not None and card.train_config["threshold_folds"] == 2
+    # one score per record (the cross-fitted statistics give none for 16), each from a model that never saw it
+    assert statistics.held_out.shape == (16,) and ((statistics.held_out > 0) & (statistics.held_out <= 1)).all()
+    assert card.typicality_threshold is None  # 16 scores are under the 99 the 1 % bound needs
+    assert not output.with_name("model.checkpoints").exists()

@@ -144,6 +144,8 @@ def test_bad_flags(args: list[str], message: str) -> None:
         ({"learning_rate": -1}, "learning_rate"),
         ({"lora_dim": "many"}, "lora_dim"),
         ({"load_in_4bit": True, "load_in_8bit": True}, "exclusive"),
+        ({"threshold_folds": 1}, "0 \\(off\\) or at least 2"),
+        ({"threshold_folds": -2}, "threshold_folds"),
         ({"bogus": 1}, "unknown knob bogus"),
     ],
 )

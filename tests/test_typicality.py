@@ -44,6 +44,7 @@ def test_cross_fitted_scores_are_distributed_like_new_states() -> None:
     in_sample = np.median(statistics.typicality(states))  # 0.620
     assert abs(np.median(statistics.held_out) - fresh) < 0.01 and in_sample - fresh > 0.04  # held out: 0.565
     assert IntentStatistics.fit(states[:39], labels[:39]).held_out.size == 0  # too few to cross-fit in 20 folds
+    assert IntentStatistics.fit(states, labels, folds=0).held_out.size == 0  # the caller brings its own
 
 
 def test_statistics_round_trip_through_the_model_directory(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import click
@@ -119,7 +120,7 @@ def info(model_dir: Path, as_json: bool) -> None:
         + (
             f"statistics of {len(statistics.intents)} intents, "
             f"{statistics.means.shape[1]} dimensions, "
-            f"{len(statistics.held_out)} cross-fitted training scores"
+            f"{len(statistics.held_out)} held-out training scores"
             if statistics
             else "none (no typicality score)"
         )
@@ -234,6 +235,8 @@ def train(
     except (DatasetError, TrainError) as exc:
         raise click.ClickException(str(exc)) from exc
     _quiet_libraries()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    logging.getLogger("intentlm.train").setLevel(logging.INFO)  # its progress lines (threshold folds)
     for line in describe(plan):
         click.echo(line, err=True)
     if dry_run:
@@ -251,7 +254,6 @@ def train(
 def _quiet_libraries() -> None:
     """transformers/PEFT warnings that do not concern the user (e.g. tied-weight notes) are hidden, and
     bitsandbytes' note that an optional faster CPU 4-bit kernel package is absent (4-bit works without it)."""
-    import logging
     import warnings
 
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)

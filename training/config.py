@@ -142,11 +142,21 @@ class TrainConfig(BaseModel):
     seed: int = Field(42, description="Seed for initialisation and data order.")
     logging_steps: int = Field(5, ge=1, description="Optimizer steps between log lines / TensorBoard points.")
     save_steps: int = Field(50, ge=1, description="Optimizer steps between checkpoints (for --resume).")
+    threshold_folds: int = Field(
+        0,
+        ge=0,
+        description="Fine-tune this many more models, each without one fold of the records, and set the "
+        "out-of-scope threshold from the typicality of the records each did not see (about this many times the "
+        "training time); 0 = from the one model's cross-fitted statistics. For few records per intent "
+        "(docs/training.md).",
+    )
 
     @model_validator(mode="after")
-    def _one_quantization(self) -> TrainConfig:
+    def _check_combinations(self) -> TrainConfig:
         if self.load_in_4bit and self.load_in_8bit:
             raise ValueError("load_in_4bit and load_in_8bit are exclusive: set one of them to false")
+        if self.threshold_folds == 1:
+            raise ValueError("threshold_folds: 0 (off) or at least 2 (one fold leaves nothing to train on)")
         return self
 
     @property
