@@ -389,3 +389,27 @@ def test_threshold_folds_through_the_real_command(tiny_data: Path, base_model: P
     assert statistics.held_out.shape == (16,) and ((statistics.held_out > 0) & (statistics.held_out <= 1)).all()
     assert card.typicality_threshold is None  # 16 scores are under the 99 the 1 % bound needs
     assert not output.with_name("model.checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    ("per_intent", "intents", "world", "expected"),
+    [(32, 4, 1, 5), (49, 3, 1, 5), (50, 3, 1, 0), (20, 4, 1, 0), (32, 4, 2, 0)],
+)
+def test_threshold_folds_auto_folds_few_records_per_intent_that_set_a_threshold(
+    per_intent: int, intents: int, world: int, expected: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Auto: fold models for under 50 records per intent, where a threshold is set at all (99 in-scope records or
+    more: 20 x 4 sets none) and in one process; the out-of-scope records count for neither."""
+    from service.dataset import Record
+    from training.config import TrainConfig
+    from training.trainer import resolve_threshold_folds
+
+    monkeypatch.setenv("WORLD_SIZE", str(world))
+    records = [Record(f"utterance {i}", f"intent_{i % intents}()") for i in range(per_intent * intents)]
+    records += [Record(f"other {i}", "oos()") for i in range(100)]
+    config = TrainConfig()
+    assert config.threshold_folds == "auto"
+    assert f"auto: {per_intent} in-scope records per intent" in (resolve_threshold_folds(config, records) or "")
+    assert config.threshold_folds == expected
+    given = TrainConfig(threshold_folds=3)
+    assert resolve_threshold_folds(given, records) is None and given.threshold_folds == 3

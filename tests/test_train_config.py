@@ -146,6 +146,7 @@ def test_bad_flags(args: list[str], message: str) -> None:
         ({"load_in_4bit": True, "load_in_8bit": True}, "exclusive"),
         ({"threshold_folds": 1}, "0 \\(off\\) or at least 2"),
         ({"threshold_folds": -2}, "threshold_folds"),
+        ({"threshold_folds": "many"}, "threshold_folds"),
         ({"bogus": 1}, "unknown knob bogus"),
     ],
 )

@@ -47,7 +47,7 @@ from service.modelcard import (
 from service.prompt import END_OF_TURN, build_target, prompt_token_ids
 from service.scope import DEFAULT_OOS_LABEL
 from service.typicality import IntentStatistics
-from training.config import TrainConfig, fit_batch_to_data
+from training.config import AUTO_THRESHOLD_FOLDS, FEW_RECORDS_PER_INTENT, TrainConfig, fit_batch_to_data
 from training.data.check import check_records
 from training.data.compose import compose_multi_intent
 
@@ -84,6 +84,7 @@ class TrainPlan:
     batch_note: str | None
     intents: list[str]
     composed: int = 0  # synthetic two-call records among the examples (``compose_multi_intent``)
+    folds_note: str | None = None  # how ``threshold_folds: auto`` was resolved
 
     @property
     def steps_per_epoch(self) -> int:
@@ -184,6 +185,7 @@ def plan_training(
             f"{data}: the data check found {len(lint_errors)} error(s) (see `intentlm data check`): "
             + "; ".join(issue.message for issue in lint_errors[:5])
         )
+    folds_note = resolve_threshold_folds(config, records)
     if config.threshold_folds:
         check_threshold_folds(records, config.threshold_folds)
     examples, skipped, composed = make_examples(records, load_tokenizer(base_model), config)
@@ -195,7 +197,9 @@ def plan_training(
         )
     batch_note = fit_batch_to_data(config, len(examples), explicit, world_size())
     intents = sorted({call.name for r in records for call in r.calls()})
-    return TrainPlan(config, data, records, examples, skipped, base_model, output, batch_note, intents, composed)
+    return TrainPlan(
+        config, data, records, examples, skipped, base_model, output, batch_note, intents, composed, folds_note
+    )
 
 
 def make_examples(
@@ -206,6 +210,20 @@ def make_examples(
     composed = compose_multi_intent(records, round(config.compose_multi_intent * len(records)), seed=config.seed)
     examples, skipped = tokenize(records + composed, tokenizer, config)
     return examples, skipped, len(composed)
+
+
+def resolve_threshold_folds(config: TrainConfig, records: list[Record]) -> str | None:
+    """Resolve ``threshold_folds: auto`` in ``config``: ``AUTO_THRESHOLD_FOLDS`` where the data sets a threshold
+    (99 in-scope records or more: eval.calibration.choose_threshold) from under ``FEW_RECORDS_PER_INTENT`` records
+    per intent, in one process; else 0. Returns what auto chose and why, for the log; None for a value given."""
+    if config.threshold_folds != "auto":
+        return None
+    kept = in_scope(records)
+    intents = {c.name for r in kept for c in r.calls() if c.name != DEFAULT_OOS_LABEL}
+    per_intent = len(kept) / max(1, len(intents))
+    few = len(kept) >= 99 and per_intent < FEW_RECORDS_PER_INTENT and world_size() == 1
+    config.threshold_folds = AUTO_THRESHOLD_FOLDS if few else 0
+    return f"auto: {per_intent:.0f} in-scope records per intent, {len(kept)} in all"
 
 
 def check_threshold_folds(records: list[Record], folds: int) -> None:
@@ -717,9 +735,12 @@ def describe(plan: TrainPlan) -> list[str]:
     lines.append(
         f"global batch {plan.global_batch}, {plan.steps_per_epoch} steps/epoch, {plan.total_steps} optimizer steps"
     )
+    note = f" ({plan.folds_note})" if plan.folds_note else ""
     if plan.config.threshold_folds:
         lines.append(
-            f"threshold_folds {plan.config.threshold_folds}: as many more fine-tunes first, each without one fold "
-            "of the records, for the out-of-scope threshold (about that many times the training time)"
+            f"threshold_folds {plan.config.threshold_folds}{note}: as many more fine-tunes first, each without one "
+            "fold of the records, for the out-of-scope threshold (about that many times the training time)"
         )
+    elif note:
+        lines.append(f"threshold_folds 0{note}: the out-of-scope threshold from the model's cross-fitted scores")
     return lines
