@@ -85,7 +85,7 @@ MIN_STEPS_PER_EPOCH = 32
 
 # ``threshold_folds: auto``: fold models where the one model's own scores were measured too optimistic for the
 # out-of-scope threshold (CLINC150, 32 records per intent: 2.2-2.5 % rejected instead of 1 %) and not where they
-# kept it (SNIPS 70, the smart-home data 80 records per intent); docs/decisions.md, "The threshold from fold models".
+# kept it (SNIPS 70, the smart-home demo 86 records per intent); docs/decisions.md, "The threshold from fold models".
 AUTO_THRESHOLD_FOLDS = 5
 FEW_RECORDS_PER_INTENT = 50
 
