@@ -231,10 +231,9 @@ def check_threshold_folds(records: list[Record], folds: int) -> None:
     process: the folds' models are trained and scored one after the other in it."""
     if world_size() > 1:
         raise TrainError("threshold_folds runs in one process: train without torchrun/accelerate, or set it to 0")
-    if len(in_scope(records)) < 2 * folds:
-        raise TrainError(
-            f"threshold_folds {folds} needs at least {2 * folds} in-scope records (got {len(in_scope(records))})"
-        )
+    kept = len(in_scope(records))
+    if kept < 2 * folds:
+        raise TrainError(f"threshold_folds {folds} needs at least {2 * folds} in-scope records (got {kept})")
 
 
 def continued_prompt(config: TrainConfig, explicit: set[str], base_model: Path) -> TrainConfig:
